@@ -1,0 +1,52 @@
+# The README's two commands: `make demo` and `make test`. Each sets up .venv on a fresh machine.
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.faceveil-installed
+DATA   ?= ../shared/data
+CACHE  := .cache/data
+DEMO_PASSWORD ?= correct horse battery staple
+
+.PHONY: all venv test test-all demo data train eval bench clean
+
+all: test
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	# the CPU build of torch 2.13.0 first, so nothing later pulls a CUDA build
+	$(PY) -m pip install --quiet torch==2.13.0
+	$(PY) -m pip install --quiet -e '.[test]'
+	touch $@
+
+venv: $(STAMP)
+
+test: $(STAMP)
+	$(PY) -m pytest -q
+
+test-all: $(STAMP)
+	$(PY) -m pytest -q -m ''
+
+demo: $(STAMP)
+	@mkdir -p out
+	rm -f out/demo-veiled.png out/demo-recovered.png
+	FACEVEIL_PASSWORD='$(DEMO_PASSWORD)' $(PY) -m faceveil protect examples/group.jpg \
+	    -o out/demo-veiled.png --password-env FACEVEIL_PASSWORD
+	$(PY) -m faceveil inspect out/demo-veiled.png
+	FACEVEIL_PASSWORD='$(DEMO_PASSWORD)' $(PY) -m faceveil recover out/demo-veiled.png \
+	    -o out/demo-recovered.png --password-env FACEVEIL_PASSWORD
+	$(PY) examples/make_figure.py examples/group.jpg out/demo-veiled.png out/demo-recovered.png \
+	    -o out/demo-figure.jpg
+	@echo "demo: out/demo-veiled.png (veiled), out/demo-recovered.png (recovered), out/demo-figure.jpg"
+
+# Training and evaluation data, extracted from ../shared/data into a git-ignored cache.
+data: $(CACHE)/.extracted
+
+$(CACHE)/.extracted:
+	@test -d $(DATA) || { echo "no $(DATA): the data sets live in ../shared/data" >&2; exit 1; }
+	mkdir -p $(CACHE)
+	cd $(DATA) && sha256sum -c --quiet SHA256SUMS
+	for f in $(DATA)/*.tar.gz; do tar -xzf $$f -C $(CACHE); done
+	touch $@
+
+clean:
+	rm -rf $(VENV) out .pytest_cache .hypothesis

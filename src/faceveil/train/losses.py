@@ -1,0 +1,187 @@
+"""Training objectives. Every function returns a dict of named terms with ``"loss"`` the total.
+
+PRO-Face S §IV-E: protection eq. (18), correct recovery eq. (19), RandWR eq. (20)-(21), ObfsWR
+eq. (22), total eq. (23). LPIPS (eq. (18), (21)) needs ImageNet weights that are not available
+offline, so the perceptual distance is pluggable: ``msgrad`` (multi-scale gradient L1, default),
+``msssim`` (1 − MS-SSIM) or ``lpips`` when the user supplies backbone weights.
+IMN §2.4: embedding eq. (9), recovering eq. (10), low-frequency wavelet loss eq. (11), total (12).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from ..nn.haar import dwt, low_band
+from .config import LossConfig
+
+Distance = Callable[[Tensor, Tensor], Tensor]
+
+
+def quantize_ste(t: Tensor) -> Tensor:
+    """8-bit rounding and clipping with a straight-through gradient: what a saved PNG holds."""
+    q = torch.round(t.clamp(0, 1) * 255.0) / 255.0
+    return t + (q - t).detach()
+
+
+def per_image_mean(t: Tensor) -> Tensor:
+    return t.flatten(1).mean(dim=1)
+
+
+def pixel_distance(kind: str) -> Distance:
+    if kind == "l1":
+        return lambda a, b: per_image_mean((a - b).abs())
+    if kind == "l2":
+        return lambda a, b: per_image_mean((a - b) ** 2)
+    if kind == "charbonnier":
+        return lambda a, b: per_image_mean(torch.sqrt((a - b) ** 2 + 1e-6))
+    raise ValueError(f"unknown pixel loss {kind!r}")
+
+
+def msgrad_distance(a: Tensor, b: Tensor, scales: int = 3) -> Tensor:
+    """Multi-scale gradient L1: compares horizontal and vertical differences at 1, 1/2, 1/4
+    resolution; sensitive to texture and edges, like a perceptual metric, and needs no weights."""
+    total = a.new_zeros(a.shape[0])
+    for s in range(scales):
+        if s:
+            a = F.avg_pool2d(a, 2)
+            b = F.avg_pool2d(b, 2)
+        if min(a.shape[-2:]) < 2:
+            break
+        d = a - b
+        gx = d[..., :, 1:] - d[..., :, :-1]
+        gy = d[..., 1:, :] - d[..., :-1, :]
+        total = total + per_image_mean(gx.abs()) + per_image_mean(gy.abs())
+    return total
+
+
+def _gauss(size: int, sigma: float, device, dtype) -> Tensor:
+    r = torch.arange(size, device=device, dtype=dtype) - (size - 1) / 2
+    g = torch.exp(-0.5 * (r / sigma) ** 2)
+    return g / g.sum()
+
+
+def ssim_components(a: Tensor, b: Tensor, win: int = 11, sigma: float = 1.5) -> tuple[Tensor, Tensor]:
+    """Per-image SSIM and contrast-structure term with a Gaussian window (Wang et al. 2004
+    settings: 11×11, σ 1.5, K1 0.01, K2 0.03, data range 1), valid region only."""
+    c = a.shape[1]
+    win = min(win, a.shape[-1], a.shape[-2])
+    g = _gauss(win, sigma, a.device, a.dtype)
+    kx = g.view(1, 1, 1, -1).expand(c, 1, 1, win)
+    ky = g.view(1, 1, -1, 1).expand(c, 1, win, 1)
+
+    def filt(t: Tensor) -> Tensor:
+        return F.conv2d(F.conv2d(t, kx, groups=c), ky, groups=c)
+
+    c1, c2 = 0.01 ** 2, 0.03 ** 2
+    mu_a, mu_b = filt(a), filt(b)
+    saa = filt(a * a) - mu_a ** 2
+    sbb = filt(b * b) - mu_b ** 2
+    sab = filt(a * b) - mu_a * mu_b
+    cs = (2 * sab + c2) / (saa + sbb + c2)
+    lum = (2 * mu_a * mu_b + c1) / (mu_a ** 2 + mu_b ** 2 + c1)
+    return per_image_mean(lum * cs), per_image_mean(cs)
+
+
+def msssim_distance(a: Tensor, b: Tensor) -> Tensor:
+    """1 − MS-SSIM (standard 5-scale weights, fewer scales for small images)."""
+    weights = [0.0448, 0.2856, 0.3001, 0.2363, 0.1333]
+    vals = []
+    for i, w in enumerate(weights):
+        ssim, cs = ssim_components(a, b)
+        last = i == len(weights) - 1 or min(a.shape[-2:]) < 22
+        vals.append((ssim if last else cs).clamp_min(1e-6) ** w)
+        if last:
+            break
+        a = F.avg_pool2d(a, 2)
+        b = F.avg_pool2d(b, 2)
+    out = vals[0]
+    for v in vals[1:]:
+        out = out * v
+    return 1 - out
+
+
+def perceptual_distance(cfg: LossConfig) -> Distance:
+    if cfg.perceptual == "msgrad":
+        return msgrad_distance
+    if cfg.perceptual == "msssim":
+        return msssim_distance
+    if cfg.perceptual == "lpips":
+        from .lpips import LPIPS
+
+        return LPIPS.from_file(cfg.lpips_weights)
+    raise ValueError(f"unknown perceptual loss {cfg.perceptual!r}")
+
+
+def triplet(dist: Distance, anchor: Tensor, pos: Tensor, neg: Tensor, margin: float) -> Tensor:
+    """Eq. (21): ``max(d(A, P) − d(A, N) + margin, 0)``, per image."""
+    return F.relu(dist(anchor, pos) - dist(anchor, neg) + margin)
+
+
+class ProFaceSLoss:
+    """Eq. (23): ``λ1·L_P + λ2·L_R + λ3·L_WR``.
+
+    Takes the original ``x``, veil ``y``, protected ``ŷ`` (quantised), correct recovery ``x̌``,
+    wrong-key recovery ``ẍ`` and optionally the by-product ``x̂`` and the auxiliary ``K‖K‖K``.
+    """
+
+    def __init__(self, cfg: LossConfig) -> None:
+        self.cfg = cfg
+        self.pix = pixel_distance(cfg.pixel)
+        self.l1 = pixel_distance("l1")
+        self.perc = perceptual_distance(cfg)
+
+    def __call__(self, x: Tensor, y: Tensor, y_hat: Tensor, x_rec: Tensor, x_wrong: Tensor | None,
+                 byproduct: Tensor | None = None, aux: Tensor | None = None) -> dict[str, Tensor]:
+        c = self.cfg
+        protect_pix = self.pix(y_hat, y)
+        protect_perc = self.perc(y_hat, y)
+        protect = protect_pix + c.beta_perceptual * protect_perc  # eq. (18)
+        recover = self.pix(x_rec, x)  # eq. (19)
+        terms: dict[str, Tensor] = {
+            "protect_pix": protect_pix.mean(), "protect_perc": protect_perc.mean(),
+            "protect": protect.mean(), "recover": recover.mean(),
+        }
+        total = c.lambda_protect * protect + c.lambda_recover * recover
+        if c.wr_mode != "none" and x_wrong is not None:
+            if c.wr_mode == "randwr":  # eq. (20)
+                t_perc = triplet(self.perc, x, x_rec, x_wrong, c.margin)
+                t_l1 = triplet(self.l1, x, x_rec, x_wrong, c.margin)
+                wr = t_perc + t_l1
+                terms.update(wr_tri_perc=t_perc.mean(), wr_tri_l1=t_l1.mean())
+            elif c.wr_mode == "obfswr":  # eq. (22)
+                to_veil = self.l1(x_wrong, y)
+                t1 = triplet(self.perc, x_wrong, y, x, c.margin)
+                t2 = triplet(self.perc, x_rec, x, y, c.margin)
+                wr = to_veil + t1 + t2
+                terms.update(wr_to_veil=to_veil.mean(), wr_tri_wrong=t1.mean(), wr_tri_right=t2.mean())
+            else:
+                raise ValueError(f"unknown wrong-recovery mode {c.wr_mode!r}")
+            terms["wr"] = wr.mean()
+            total = total + c.lambda_wr * wr
+        if c.lambda_aux > 0 and byproduct is not None and aux is not None:
+            a = self.l1(dwt(byproduct), aux)
+            terms["aux"] = a.mean()
+            total = total + c.lambda_aux * a
+        terms["loss"] = total.mean()
+        return terms
+
+
+class IMNLoss:
+    """IMN eq. (12): ``λ1·L_embedding + λ2·L_recovering + λ3·L_low-frequency`` (1:3:1), L2 distances."""
+
+    def __init__(self, cfg: LossConfig) -> None:
+        self.w = cfg.imn_weights
+        self.l2 = pixel_distance("l2")
+
+    def __call__(self, x: Tensor, y: Tensor, y_hat: Tensor, x_rec: Tensor, *_: object,
+                 **__: object) -> dict[str, Tensor]:
+        emb = self.l2(y_hat, y)  # eq. (9)
+        rec = self.l2(x_rec, x)  # eq. (10)
+        low = per_image_mean((low_band(dwt(y_hat)) - low_band(dwt(y))) ** 2)  # eq. (11)
+        total = self.w[0] * emb + self.w[1] * rec + self.w[2] * low
+        return {"embedding": emb.mean(), "recover": rec.mean(), "low_freq": low.mean(),
+                "loss": total.mean()}
