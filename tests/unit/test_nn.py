@@ -113,3 +113,24 @@ def test_recover_substitutes_kkk_for_keyed_models():
     aux = net.auxiliary(torch.zeros(1, 3, 8, 8), dwt(k))
     assert aux.shape == (1, 12, 4, 4)
     assert torch.equal(aux[:, :4], dwt(k)) and torch.equal(aux[:, 4:8], dwt(k))
+
+
+@torch.no_grad()
+def test_tiled_application_equals_whole_image(rng):
+    from faceveil.nn.tiling import tiled_apply
+
+    net = HidingNet(INNConfig(blocks=1))  # radius 22 px keeps the test small
+    randomise(net, rng)
+    h, w = 70, 54
+    x, y = torch.rand(1, 3, h, w, generator=rng), torch.rand(1, 3, h, w, generator=rng)
+    k = (torch.randint(0, 2, (1, 1, h, w), generator=rng) * 2 - 1).float()
+    halo = net.receptive_radius
+    whole, _ = net.protect(x, y, k)
+    pieces = tiled_apply(lambda a, b, c: net.protect(a, b, c)[0], [x, y, k], tile=16, halo=halo)
+    assert (pieces - whole).abs().max() < 1e-5
+    rec_whole, _ = net.recover(whole, k)
+    rec_tiles = tiled_apply(lambda a, c: net.recover(a, c)[0], [whole, k], tile=20, halo=halo)
+    assert (rec_tiles - rec_whole).abs().max() < 1e-5
+    # a halo that is too small is detectably different: the test can fail
+    short = tiled_apply(lambda a, b, c: net.protect(a, b, c)[0], [x, y, k], tile=16, halo=2)
+    assert (short - whole).abs().max() > 1e-4
