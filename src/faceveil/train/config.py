@@ -35,7 +35,15 @@ class LossConfig:
     lpips_weights: str | None = None
     pixel: str = "l1"  # l1 | l2 | charbonnier
     margin: float = 1.0  # triplet margin of eq. (21)
+    wr_every: int = 1  # run the wrong-key pass (and its loss) every N steps; it costs a third of a step
     lambda_aux: float = 0.0  # optional: pull the by-product towards K‖K‖K
+    # Wrong-key hardening (ours, not in the paper; see losses.ProFaceSLoss). With the paper's
+    # pixel triplet and margin 1 on [0, 1] images the network learns to push a few blobs far out
+    # of range: PSNR vs x drops to ~10 dB while the face stays recognisable between the blobs.
+    wr_clamp: bool = False  # judge the wrong-key output as a saved file shows it: clipped to [0, 1]
+    wr_pixel_triplet: bool = True  # the L1 triplet of eq. (21) (beside the perceptual one)
+    lambda_decorr: float = 0.0  # penalise local structure shared by the wrong-key output and x
+    lambda_range: float = 0.0  # penalise wrong-key values outside [0, 1]
     imn_weights: list[float] = field(default_factory=lambda: [1.0, 3.0, 1.0])  # IMN eq. (12)
 
 

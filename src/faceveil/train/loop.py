@@ -23,7 +23,7 @@ from ..models.zoo import save_weights
 from ..nn.inn import HidingNet
 from .config import TrainConfig
 from .data import VeiledSampler, fixed_validation_set, load_pools
-from .losses import IMNLoss, ProFaceSLoss, quantize_ste
+from .losses import IMNLoss, ProFaceSLoss, detail_corr2, quantize_ste
 
 log = logging.getLogger(__name__)
 
@@ -130,7 +130,8 @@ class Trainer:
             f.write(json.dumps(rec) + "\n")
 
     # -- one step ---------------------------------------------------------------------------------
-    def forward(self, x: torch.Tensor, y: torch.Tensor, quantize: bool) -> dict[str, torch.Tensor]:
+    def forward(self, x: torch.Tensor, y: torch.Tensor, quantize: bool,
+                wrong: bool = True) -> dict[str, torch.Tensor]:
         n, _, h, w = x.shape
         k = random_key_maps(n, h, w, self.gen, self.device) if self.keyed else None
         y_hat, byproduct = self.net.protect(x, y, k)
@@ -138,7 +139,7 @@ class Trainer:
         if self.keyed:
             x_rec, _ = self.net.recover(y_q, k)
             x_wrong = None
-            if self.cfg.loss.wr_mode != "none":
+            if wrong and self.cfg.loss.wr_mode != "none":
                 kw = random_key_maps(n, h, w, self.gen, self.device)
                 x_wrong, _ = self.net.recover(y_q, kw)
             aux = self.net.auxiliary(y_q, self.net.secret_map(k, y_q))
@@ -154,7 +155,8 @@ class Trainer:
         self.net.train()
         x, y, _ = self.sampler.batch(cfg.optim.batch)
         x, y = x.to(self.device), y.to(self.device)
-        out = self.forward(x, y, cfg.quantize)
+        every = max(1, cfg.loss.wr_every)
+        out = self.forward(x, y, cfg.quantize, wrong=self.step % every == 0)
         terms = self.loss(x, y, out["y_q"], out["x_rec"], out["x_wrong"], out["byproduct"], out["aux"])
         for g in self.opt.param_groups:
             g["lr"] = lr_at(self.step, cfg)
@@ -186,18 +188,24 @@ class Trainer:
             if out["x_wrong"] is not None:
                 vals["val_wrong_vs_x"] = psnr(out["x_wrong"].clamp(0, 1), xb)
                 vals["val_wrong_vs_y"] = psnr(out["x_wrong"].clamp(0, 1), yb)
+                vals["val_wrong_detail"] = detail_corr2(out["x_wrong"].clamp(0, 1), xb)
+                vals["val_veil_detail"] = detail_corr2(yb, xb)
             for k, v in vals.items():
                 res.setdefault(k, []).extend(v.tolist())
         return {k: sum(v) / len(v) for k, v in res.items()}
 
     def score(self, v: dict[str, float]) -> float:
         """Model selection: the weaker of recovery and protection (+4 dB, the bar's gap), with a
-        penalty when the wrong-key output stops being wrong."""
+        penalty when the wrong-key output stops being wrong: by PSNR (RandWR: > 15 dB from x;
+        ObfsWR: < 25 dB from the veil) and, when training penalises it, by fine structure shared
+        with x beyond what the veil itself shares (10 dB per 0.1 of :func:`detail_corr2`)."""
         s = min(v["val_recover"], v["val_protect"] + 4.0)
         if "val_wrong_vs_x" in v and self.cfg.loss.wr_mode == "randwr":
             s -= max(0.0, v["val_wrong_vs_x"] - 15.0)
         if "val_wrong_vs_y" in v and self.cfg.loss.wr_mode == "obfswr":
             s -= max(0.0, 25.0 - v["val_wrong_vs_y"])
+        if "val_wrong_detail" in v and self.cfg.loss.lambda_decorr > 0:
+            s -= 100.0 * max(0.0, v["val_wrong_detail"] - v["val_veil_detail"])
         return s
 
     def run(self, max_steps: int | None = None, max_seconds: float | None = None,
@@ -206,16 +214,18 @@ class Trainer:
         end = cfg.optim.steps if max_steps is None else min(cfg.optim.steps, self.step + max_steps)
         t0 = time.time()
         acc: dict[str, float] = {}
+        cnt: dict[str, int] = {}
         n = 0
         last = time.time()
         while self.step < end:
             rec = self.train_step()
             for k, v in rec.items():
                 acc[k] = acc.get(k, 0.0) + v
+                cnt[k] = cnt.get(k, 0) + 1
             n += 1
             if self.step % cfg.log_every == 0 or self.step == end:
                 now = time.time()
-                avg = {k: v / n for k, v in acc.items()}
+                avg = {k: v / cnt[k] for k, v in acc.items()}
                 avg.update(step=self.step, lr=lr_at(self.step - 1, cfg), sec_per_step=(now - last) / n)
                 self._log(avg)
                 log.info("step %d loss %.4f protect %.2f dB recover %.2f dB wrong %.2f dB (%.2f s/step)",
@@ -223,7 +233,7 @@ class Trainer:
                          avg.get("psnr_wrong", float("nan")), avg["sec_per_step"])
                 if progress:
                     progress(self.step, end, avg)
-                acc, n, last = {}, 0, now
+                acc, cnt, n, last = {}, {}, 0, now
             if self.step % cfg.val_every == 0 or self.step == end:
                 v = self.validate()
                 v["step"] = self.step
