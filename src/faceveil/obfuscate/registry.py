@@ -13,6 +13,7 @@ veils the whole crop.
 from __future__ import annotations
 
 import math
+import numbers
 import random
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -111,6 +112,10 @@ def apply_veil(x: Tensor, name: str, params: dict | None = None) -> tuple[Tensor
         if unknown:
             raise VeilError(f"veil {name!r} has no parameter(s) {sorted(unknown)}; "
                             f"it takes {sorted(full)}")
+        for k, v in params.items():  # a numeric parameter must be a finite number (not "abc")
+            if isinstance(full[k], numbers.Real) and not isinstance(full[k], bool) and (
+                    isinstance(v, bool) or not isinstance(v, numbers.Real) or not math.isfinite(v)):
+                raise VeilError(f"veil {name!r}: parameter {k!r} must be a finite number, got {v!r}")
         full.update(params)
     with torch.no_grad() if not x.requires_grad else _nullctx():
         y = veil.apply(x, full)

@@ -1,0 +1,285 @@
+"""The registered veils (pre-obfuscators): pure, deterministic, shape-keeping, size-scaled, visible,
+and strict about their parameters."""
+
+from __future__ import annotations
+
+import math
+import random
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from faceveil.errors import FaceveilError, VeilError
+from faceveil.obfuscate import VEILS, apply_veil, get_veil
+from faceveil.obfuscate.registry import REFERENCE_SIZE
+
+ALL_VEILS = sorted(VEILS)
+GROUP_JPG = Path(__file__).resolve().parents[2] / "examples" / "group.jpg"
+# A face crop of examples/group.jpg (the astronaut; the crop the pipeline chooses for her face).
+FACE_CROP = (190, 134, 340, 284)
+# A veil must be plainly visible: PSNR(veiled, original) well below what a viewer would call "the
+# same picture" (~40 dB).
+VISIBLE_CEILING_DB = 32.0
+
+
+def psnr(a: torch.Tensor, b: torch.Tensor) -> float:
+    mse = torch.mean((a.double() - b.double()) ** 2).item()
+    return math.inf if mse == 0 else 10 * math.log10(1.0 / mse)
+
+
+@pytest.fixture(scope="module")
+def face() -> torch.Tensor:
+    """A real 150×150 face crop, 1×3×H×W float32 in [0, 1]."""
+    from PIL import Image
+
+    with Image.open(GROUP_JPG) as im:
+        a = np.asarray(im.convert("RGB").crop(FACE_CROP), dtype=np.uint8)
+    return torch.from_numpy(a.copy()).permute(2, 0, 1)[None].float().div(255.0)
+
+
+def textured(h: int, w: int, seed: int = 0, batch: int = 1, dtype=torch.float32) -> torch.Tensor:
+    """Smooth gradients plus noise: structure at every scale, values inside [0, 1]."""
+    g = torch.Generator().manual_seed(seed)
+    yy = torch.linspace(0, 1, h)[:, None]
+    xx = torch.linspace(0, 1, w)[None, :]
+    base = torch.stack([yy * xx, (1 - yy) * xx, 0.5 + 0.4 * torch.sin(9 * yy + 7 * xx)])
+    x = 0.6 * base[None] + 0.4 * torch.rand((batch, 3, h, w), generator=g)
+    return x.clamp(0, 1).to(dtype)
+
+
+def numeric(params: dict) -> dict:
+    return {k: v for k, v in params.items() if isinstance(v, int | float) and not isinstance(v, bool)}
+
+
+def test_the_three_paper_veils_are_registered():
+    assert {"blur", "pixelate", "median"} <= set(VEILS)
+    for name in ALL_VEILS:
+        v = get_veil(name)
+        assert v.name == name and v.summary and v.param_help
+        assert set(v.defaults(REFERENCE_SIZE)) <= set(v.param_help) | {"region"}
+
+
+def test_unknown_veil_is_a_faceveil_error():
+    with pytest.raises(VeilError, match="unknown veil 'smudge'.*blur"):
+        get_veil("smudge")
+    with pytest.raises(FaceveilError):
+        apply_veil(textured(32, 32), "smudge")
+
+
+@pytest.mark.parametrize("name", ALL_VEILS)
+def test_deterministic(name, face):
+    y1, p1 = apply_veil(face, name)
+    y2, p2 = apply_veil(face.clone(), name)
+    assert p1 == p2
+    assert torch.equal(y1, y2)
+    # also with explicit (non-default) parameters and the square region
+    params = {**get_veil(name).sample(random.Random(3), 150), "region": "square"}
+    assert torch.equal(apply_veil(face, name, params)[0], apply_veil(face, name, params)[0])
+
+
+@pytest.mark.parametrize("name", ALL_VEILS)
+def test_training_samples_are_reproducible_and_accepted(name):
+    v = get_veil(name)
+    a = [v.sample(random.Random(7), 96) for _ in range(3)]
+    assert a[0] == a[1] == a[2]
+    rng = random.Random(1)
+    for _ in range(5):
+        p = v.sample(rng, 96)
+        y, full = apply_veil(textured(96, 96), name, p)
+        assert full == {**v.defaults(96), **p}
+        assert y.shape == (1, 3, 96, 96)
+
+
+@pytest.mark.parametrize("name", ALL_VEILS)
+@pytest.mark.parametrize("shape", [(1, 64, 64), (2, 150, 150), (1, 90, 126), (1, 126, 90), (1, 8, 8),
+                                   (1, 300, 300)])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_keeps_shape_dtype_and_range(name, shape, dtype):
+    b, h, w = shape
+    x = textured(h, w, batch=b, dtype=dtype)
+    y, params = apply_veil(x, name)
+    assert y.shape == x.shape
+    assert y.dtype == dtype
+    assert torch.isfinite(y).all()
+    assert y.min() >= 0 and y.max() <= 1
+    assert params == get_veil(name).defaults(min(h, w))
+
+
+@pytest.mark.parametrize("name", ALL_VEILS)
+def test_batch_items_are_veiled_independently(name):
+    x = textured(64, 64, batch=3, seed=5)
+    y, _ = apply_veil(x, name)
+    for i in range(3):
+        assert torch.allclose(y[i:i + 1], apply_veil(x[i:i + 1], name)[0], atol=1e-6)
+
+
+@pytest.mark.parametrize("name", ALL_VEILS)
+@pytest.mark.parametrize("region", ["ellipse", "square"])
+def test_does_not_mutate_its_input(name, region, face):
+    x = face.clone()
+    before = x.clone()
+    y, _ = apply_veil(x, name, {"region": region})
+    assert torch.equal(x, before)
+    assert y.data_ptr() != x.data_ptr()
+    y.fill_(0.5)  # the output is not a view of the input either
+    assert torch.equal(x, before)
+
+
+@pytest.mark.parametrize("name", ALL_VEILS)
+def test_works_with_autograd_without_touching_the_input(name):
+    x = textured(48, 48).requires_grad_(True)
+    y, _ = apply_veil(x, name, {"region": "square"} if name == "blur" else None)
+    assert y.shape == x.shape
+    if y.requires_grad:  # blur and pixelate are differentiable
+        y.sum().backward()
+        assert x.grad is not None and torch.isfinite(x.grad).all()
+
+
+@pytest.mark.parametrize("name", ALL_VEILS)
+def test_parameters_scale_with_face_size(name):
+    v = get_veil(name)
+    ref = numeric(v.defaults(REFERENCE_SIZE))
+    assert ref, f"{name} has no size parameter"
+    for size in (56, 224, 448):
+        got = numeric(v.defaults(size))
+        assert set(got) == set(ref)
+        for k, r in ref.items():
+            want = r * size / REFERENCE_SIZE
+            # integer parameters are rounded (and kernels made odd): allow that, no more
+            assert abs(got[k] - want) <= 1.5 + 0.01 * want, (k, size, got[k], want)
+    # monotone in the size
+    sizes = [16, 32, 64, 112, 200, 400, 800]
+    for k in ref:
+        values = [numeric(v.defaults(s))[k] for s in sizes]
+        assert values == sorted(values) and values[-1] > values[0], (k, values)
+
+
+@pytest.mark.parametrize("name", ALL_VEILS)
+def test_apply_picks_the_parameters_of_the_crop_size(name):
+    small = apply_veil(textured(56, 56), name)[1]
+    large = apply_veil(textured(224, 224), name)[1]
+    for k, v in numeric(small).items():
+        assert large[k] > v
+    # the smaller side decides for a non-square crop
+    assert apply_veil(textured(56, 224), name)[1] == get_veil(name).defaults(56)
+
+
+def test_paper_settings_at_112_px():
+    assert get_veil("blur").defaults(112) == {"sigma": 8.0, "kernel": 21, "region": "ellipse"}
+    assert get_veil("pixelate").defaults(112) == {"block": 9, "region": "ellipse"}
+    assert get_veil("median").defaults(112) == {"kernel": 15, "region": "ellipse"}
+    assert get_veil("blur").defaults(200)["kernel"] % 2 == 1  # blur kernels stay odd
+
+
+@pytest.mark.parametrize("name", ALL_VEILS)
+@pytest.mark.parametrize("region", ["ellipse", "square"])
+def test_changes_the_face_visibly(name, region, face):
+    y, _ = apply_veil(face, name, {"region": region})
+    assert psnr(y, face) < VISIBLE_CEILING_DB
+    # the face in the middle of the crop is what must be hidden: it is changed most
+    c = slice(40, 110)
+    assert psnr(y[..., c, c], face[..., c, c]) < VISIBLE_CEILING_DB
+
+
+@pytest.mark.parametrize("name", ALL_VEILS)
+def test_changes_a_large_face_visibly(name, face):
+    big = torch.nn.functional.interpolate(face, size=(448, 448), mode="bilinear", align_corners=False)
+    y, _ = apply_veil(big, name)
+    assert psnr(y, big) < VISIBLE_CEILING_DB
+
+
+@pytest.mark.parametrize("name", ALL_VEILS)
+def test_ellipse_keeps_the_corners_and_square_does_not(name, face):
+    ye, _ = apply_veil(face, name)
+    ys, _ = apply_veil(face, name, {"region": "square"})
+    k = 10  # 10×10 px corners of a 150 px crop lie outside the inscribed ellipse's ramp
+    for sl in [(slice(0, k), slice(0, k)), (slice(0, k), slice(-k, None)), (slice(-k, None), slice(0, k)),
+               (slice(-k, None), slice(-k, None))]:
+        assert torch.equal(ye[..., sl[0], sl[1]], face[..., sl[0], sl[1]])
+    assert not torch.equal(ys[..., :k, :k], face[..., :k, :k])
+
+
+@pytest.mark.parametrize("name", ALL_VEILS)
+def test_constant_image_stays_constant(name):
+    x = torch.full((1, 3, 40, 40), 0.3)
+    y, _ = apply_veil(x, name, {"region": "square"})
+    assert torch.allclose(y, x, atol=1e-5)
+
+
+BAD_PARAMS = [
+    ("blur", {"sigma": 0}),
+    ("blur", {"sigma": -2.0}),
+    ("blur", {"sigma": float("nan")}),
+    ("blur", {"sigma": float("inf")}),
+    ("blur", {"kernel": 4}),
+    ("blur", {"kernel": 0}),
+    ("blur", {"kernel": -3}),
+    ("blur", {"sigma": "wide"}),
+    ("blur", {"kernel": "big"}),
+    ("blur", {"kernel": float("inf")}),
+    ("blur", {"sigma": None}),
+    ("blur", {"radius": 3}),
+    ("blur", {"region": "circle"}),
+    ("pixelate", {"block": 0}),
+    ("pixelate", {"block": -4}),
+    ("pixelate", {"block": "x"}),
+    ("pixelate", {"block": None}),
+    ("pixelate", {"region": 3}),
+    ("pixelate", {"size": 9}),
+    ("pixelate", {"region": ""}),
+    ("median", {"kernel": 0}),
+    ("median", {"kernel": -1}),
+    ("median", {"kernel": "k"}),
+    ("median", {"kernel": True}),
+    ("median", {"kernel": float("nan")}),
+    ("median", {"sigma": 3}),
+    ("median", {"region": "triangle"}),
+]
+
+
+@pytest.mark.parametrize(("name", "params"), BAD_PARAMS, ids=[f"{n}-{p}" for n, p in BAD_PARAMS])
+def test_rejects_bad_parameters_with_a_faceveil_error(name, params):
+    x = textured(32, 32)
+    before = x.clone()
+    with pytest.raises(VeilError) as ei:
+        apply_veil(x, name, params)
+    assert isinstance(ei.value, FaceveilError)
+    assert ei.value.exit_code != 0
+    assert "\n" not in str(ei.value) and str(ei.value)
+    assert torch.equal(x, before)
+
+
+@pytest.mark.parametrize("bad", [
+    np.zeros((1, 3, 8, 8), np.float32),  # not a tensor
+    torch.zeros(3, 8, 8),  # no batch dimension
+    torch.zeros(1, 1, 8, 8),  # grey
+    torch.zeros(1, 4, 8, 8),  # RGBA
+    torch.zeros(1, 3, 8, 8, dtype=torch.uint8),  # not floating point
+], ids=["numpy", "3d", "grey", "rgba", "uint8"])
+@pytest.mark.parametrize("name", ALL_VEILS)
+def test_rejects_bad_images_with_a_faceveil_error(name, bad):
+    with pytest.raises(VeilError):
+        apply_veil(bad, name)
+
+
+@pytest.mark.parametrize("name", ALL_VEILS)
+def test_partial_parameters_fill_in_the_rest(name):
+    v = get_veil(name)
+    _, full = apply_veil(textured(112, 112), name, {"region": "square"})
+    assert full == {**v.defaults(112), "region": "square"}
+    k = next(iter(numeric(v.defaults(112))))
+    _, full = apply_veil(textured(112, 112), name, {k: 5})
+    assert full[k] == 5 and full["region"] == "ellipse"
+
+
+@pytest.mark.parametrize("name", ALL_VEILS)
+def test_stronger_parameters_hide_more(name, face):
+    v = get_veil(name)
+    k = "sigma" if name == "blur" else next(iter(numeric(v.defaults(150))))
+    weak = {k: 2} if name != "blur" else {"sigma": 1.5, "kernel": 7}
+    strong = {k: 24} if name != "blur" else {"sigma": 16.0, "kernel": 49}
+    p_weak = psnr(apply_veil(face, name, {**weak, "region": "square"})[0], face)
+    p_strong = psnr(apply_veil(face, name, {**strong, "region": "square"})[0], face)
+    assert p_strong < p_weak
