@@ -125,7 +125,8 @@ def load_face(path: Path, size: int) -> tuple[np.ndarray, tuple[int, int]]:
 
 
 def to_tensor(a: np.ndarray) -> Tensor:
-    return torch.from_numpy(np.ascontiguousarray(a)).permute(2, 0, 1).float().div(255.0)
+    """uint8 H×W×3 -> float32 3×H×W in [0, 1] (a read-only array is copied: torch cannot wrap it)."""
+    return torch.from_numpy(np.require(a, requirements=["C", "W"])).permute(2, 0, 1).float().div(255.0)
 
 
 def to_uint8(t: Tensor) -> np.ndarray:

@@ -43,6 +43,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..errors import ModelError, ShapeError, UsageError
+from ..models.zoo import sha256_file
 
 log = logging.getLogger(__name__)
 
@@ -144,14 +145,6 @@ class MobileFaceNet(nn.Module):
         return x.flatten(1)
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def find_weights(path: str | Path | None = None) -> Path:
     """The MobileFaceNet checkpoint: ``path``, else ``$FACEVEIL_MOBILEFACENET``, else
     ``.cache/data/weights/mobilefacenet_068.ckpt``. Raises :class:`ModelError` with what to do."""
@@ -175,7 +168,7 @@ def load_mobilefacenet(path: str | Path | None = None) -> tuple[MobileFaceNet, s
     """Build MobileFaceNet and load the verified checkpoint (``weights_only=True``: plain tensors
     only, no pickled code runs). Returns ``(net in eval mode, sha256)``."""
     p = find_weights(path)
-    sha = _sha256(p)
+    sha = sha256_file(p)
     if sha != MOBILEFACENET_SHA256:
         raise ModelError(f"{p} fails its sha256 check (expected {MOBILEFACENET_SHA256[:12]}…, got "
                          f"{sha[:12]}…): re-extract it from weights_face.tar.gz")

@@ -112,9 +112,16 @@ def _ssim_maps(a: Tensor, b: Tensor, data_range: float = 1.0) -> tuple[Tensor, T
     if min(a.shape[-2:]) < SSIM_WINDOW:
         raise ShapeError(f"SSIM needs images of at least {SSIM_WINDOW}×{SSIM_WINDOW}, got "
                          f"{a.shape[-2]}×{a.shape[-1]}")
-    g = gaussian_window(dtype=a.dtype).to(a.device)
-    kx = g.view(1, 1, 1, -1).expand(c, 1, 1, SSIM_WINDOW)
-    ky = g.view(1, 1, -1, 1).expand(c, 1, SSIM_WINDOW, 1)
+    ssim_map, cs_map = ssim_terms(a, b, gaussian_window(dtype=a.dtype).to(a.device), data_range)
+    return ssim_map.mean(dim=(-2, -1)), cs_map.mean(dim=(-2, -1))
+
+
+def ssim_terms(a: Tensor, b: Tensor, g: Tensor, data_range: float = 1.0) -> tuple[Tensor, Tensor]:
+    """SSIM and its contrast-structure term per pixel of the valid region (Wang et al. 2004), with
+    the separable window ``g`` (1-D, sums to 1): ``B×C×H'×W'`` each. Shared with training's MS-SSIM."""
+    c, w = a.shape[1], g.numel()
+    kx = g.view(1, 1, 1, -1).expand(c, 1, 1, w)
+    ky = g.view(1, 1, -1, 1).expand(c, 1, w, 1)
 
     def filt(t: Tensor) -> Tensor:
         return F.conv2d(F.conv2d(t, kx, groups=c), ky, groups=c)
@@ -127,7 +134,7 @@ def _ssim_maps(a: Tensor, b: Tensor, data_range: float = 1.0) -> tuple[Tensor, T
     sab = filt(a * b) - mu_a * mu_b
     cs = (2 * sab + c2) / (saa + sbb + c2)
     lum = (2 * mu_a * mu_b + c1) / (mu_a ** 2 + mu_b ** 2 + c1)
-    return (lum * cs).mean(dim=(-2, -1)), cs.mean(dim=(-2, -1))
+    return lum * cs, cs
 
 
 def ssim(a: Tensor, b: Tensor, channel: str = "rgb", data_range: float = 1.0) -> Tensor:

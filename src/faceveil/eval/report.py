@@ -275,7 +275,9 @@ def _comparison(results: list[tuple[str, dict]], table: str, section: str, title
 
 def _run_label(i: int, r: dict) -> str:
     m = r.get("meta", {})
-    return f"[{i}] {m.get('model', {}).get('name')} / {m.get('mode')}"
+    size = m.get("size")
+    px = "" if size == 112 else f" / {size or 'native'} px"
+    return f"[{i}] {m.get('model', {}).get('name')} / {m.get('mode')}{px}"
 
 
 def results_markdown(results: list[tuple[str, dict]], sources: Sequence[str]) -> str:
@@ -366,18 +368,26 @@ def update_section(path: str | Path, name: str, content: str) -> Path:
     return p
 
 
+#: Sections filled by the benchmarks, kept when the rest is regenerated: (name, title, command).
+KEPT_SECTIONS = (
+    ("photo_quality", "Whole photos, per face (benchmarks/photo_quality.py)", "python benchmarks/photo_quality.py"),
+    (BENCH_SECTION, "Speed per face and per photo (benchmarks/bench_speed.py)", "python benchmarks/bench_speed.py"),
+)
+
+
 def write_results_md(results_json_files: Sequence[str | Path], path: str | Path = RESULTS_MD) -> Path:
-    """Generate ``docs/RESULTS.md`` from JSON result files, keeping the benchmark section."""
+    """Generate ``docs/RESULTS.md`` from JSON result files, keeping the benchmark sections."""
     if not results_json_files:
         raise UsageError("write_results_md needs at least one JSON result file")
     results = [(_run_label(i + 1, r), r) for i, r in enumerate(read_json(f) for f in results_json_files)]
     p = Path(path)
     old = p.read_text() if p.exists() else ""
-    bench = read_section(old, BENCH_SECTION)
     body = results_markdown(results, [str(f) for f in results_json_files])
-    b, e = section_markers(BENCH_SECTION)
-    bench = bench.rstrip() if bench and bench.strip() else "_not run yet: `python benchmarks/bench_speed.py`_"
-    body += f"\n## Speed per face and per photo (benchmarks/bench_speed.py)\n\n{b}\n{bench}\n{e}\n"
+    for name, title, command in KEPT_SECTIONS:
+        kept = read_section(old, name)
+        b, e = section_markers(name)
+        kept = kept.rstrip() if kept and kept.strip() else f"_not run yet: `{command}`_"
+        body += f"\n## {title}\n\n{b}\n{kept}\n{e}\n"
     p.parent.mkdir(parents=True, exist_ok=True)
     p.write_text(body)
     return p
