@@ -14,7 +14,7 @@ from PIL import Image
 from faceveil.errors import UsageError
 from faceveil.models.zoo import _read_header
 from faceveil.train.config import LossConfig, load_config
-from faceveil.train.losses import (IMNLoss, ProFaceSLoss, detail_corr2, msgrad_distance, msssim_distance,
+from faceveil.train.losses import (IMNLoss, ProFaceSLoss, decorr_reference, detail_corr2, msgrad_distance, msssim_distance,
                                    quantize_ste, range_excess, triplet)
 from faceveil.train.loop import Trainer
 
@@ -50,6 +50,25 @@ def test_detail_corr2_sees_copies_and_negatives_but_not_noise_or_blur():
     assert torch.all(detail_corr2(noise, x) < 0.05)
     assert torch.all(detail_corr2(blurred, x) < same)
     assert torch.all(detail_corr2(torch.full_like(x, 0.5), x) < 1e-3)  # flat: no structure
+
+
+def test_residual_decorrelation_allows_the_veil_and_catches_coarse_leaks():
+    # what the veil removed (x − y) is the reference: a copy of x shares it at every scale, the
+    # veil not at the fine scales, noise at none; a wrong-key output that carries x's coarse
+    # layout (4x4 blocks of x under noise) only shows up once the coarse scales are included
+    x = _textured(2, 96, seed=3)
+    y = torch.nn.functional.avg_pool2d(x, 9, stride=1, padding=4, count_include_pad=False)
+    ref = decorr_reference(x, y, "residual")
+    assert torch.equal(ref, x - y) and torch.equal(decorr_reference(x, y, "x"), x)
+    noise = torch.rand_like(x)
+    coarse = (0.5 * torch.nn.functional.avg_pool2d(x, 4).repeat_interleave(4, -1).repeat_interleave(4, -2)
+              + 0.5 * noise)
+    assert (detail_corr2(x, ref, scales=4) > 0.7).all()
+    assert (detail_corr2(y, ref, scales=1) < 0.02).all()
+    assert (detail_corr2(noise, ref, scales=4) < 0.06).all()
+    assert (detail_corr2(coarse, ref, scales=4) > 5 * detail_corr2(coarse, ref, scales=1)).all()
+    with pytest.raises(ValueError, match="decorrelation target"):
+        decorr_reference(x, y, "veil")
 
 
 def test_range_excess_is_zero_inside_and_linear_outside():
@@ -133,6 +152,9 @@ def test_config_rejects_unknown_keys_and_applies_overrides(tmp_path):
         load_config(tmp_path / "missing.yaml")
     cfg = load_config(None, {"optim.steps": 7, "loss.wr_mode": "obfswr"})
     assert cfg.optim.steps == 7 and cfg.loss.wr_mode == "obfswr"
+    for key, value in (("loss.wr_mode", "randWR"), ("loss.decorr_target", "veil"), ("loss.pixel", "l3")):
+        with pytest.raises(UsageError, match=key):
+            load_config(None, {key: value})
 
 
 # -- the loop ------------------------------------------------------------------------------------
@@ -157,6 +179,7 @@ def _cfg(data: Path, out: Path, steps: int):
         "data.holdout": 2, "data.patch": 16, "data.crop_min": 24, "data.crop_max": 32,
         "optim.batch": 2, "optim.steps": steps, "optim.warmup": 1,
         "loss.wr_clamp": True, "loss.lambda_decorr": 0.1, "loss.lambda_range": 1.0,
+        "loss.decorr_target": "residual", "loss.decorr_scales": 2, "data.val_large": 32,
     })
 
 
@@ -164,7 +187,7 @@ def test_training_runs_checkpoints_and_resumes_exactly(tiny_data, tmp_path, monk
     import faceveil.train.loop as loop
 
     real = loop.fixed_validation_set
-    monkeypatch.setattr(loop, "fixed_validation_set", lambda pools, cfg: real(pools, cfg, n=4, size=32))
+    monkeypatch.setattr(loop, "fixed_validation_set", lambda pools, cfg, **kw: real(pools, cfg, n=4, size=32))
 
     straight = Trainer(_cfg(tiny_data, tmp_path / "a", 3))
     straight.run()
@@ -184,7 +207,7 @@ def test_training_runs_checkpoints_and_resumes_exactly(tiny_data, tmp_path, monk
     vals = [r for r in lines if "val_recover" in r]
     assert [r["step"] for r in steps] == [1, 2, 3]
     assert all(np.isfinite(r["loss"]) and "wr_decorr" in r for r in steps)
-    assert {"val_protect", "val_wrong_vs_x", "val_wrong_detail", "score"} <= set(vals[-1])
+    assert {"val_protect", "val_wrong_vs_x", "val_wrong_detail", "val_large_wrong_detail", "score"} <= set(vals[-1])
     meta = _read_header(run / "best.safetensors")
     assert meta["faceveil.wr_mode"] == "randwr"
     assert json.loads(meta["faceveil.train_config"])["loss"]["lambda_decorr"] == 0.1

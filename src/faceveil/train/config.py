@@ -22,6 +22,7 @@ class DataConfig:
     crop_max: int = 144
     veils: list[str] = field(default_factory=lambda: ["blur", "pixelate", "median"])
     jitter: float = 0.1  # colour jitter strength (brightness, contrast, saturation)
+    val_large: int = 0  # > 0: also validate the wrong-key output on 12 held-out faces at this size
 
 
 @dataclass
@@ -43,6 +44,8 @@ class LossConfig:
     wr_clamp: bool = False  # judge the wrong-key output as a saved file shows it: clipped to [0, 1]
     wr_pixel_triplet: bool = True  # the L1 triplet of eq. (21) (beside the perceptual one)
     lambda_decorr: float = 0.0  # penalise local structure shared by the wrong-key output and x
+    decorr_scales: int = 2  # dyadic scales of that penalty (3+ reaches the coarse structure of big faces)
+    decorr_target: str = "x"  # x | residual: decorrelate from x, or only from x − y (what the veil hides)
     lambda_range: float = 0.0  # penalise wrong-key values outside [0, 1]
     imn_weights: list[float] = field(default_factory=lambda: [1.0, 3.0, 1.0])  # IMN eq. (12)
 
@@ -112,4 +115,11 @@ def load_config(path: str | Path | None = None, overrides: dict | None = None) -
         for p in parents:
             node = node.setdefault(p, {})
         node[leaf] = value
-    return _build(TrainConfig, raw, "config")
+    cfg = _build(TrainConfig, raw, "config")
+    for key, value, allowed in (("loss.wr_mode", cfg.loss.wr_mode, ("randwr", "obfswr", "none")),
+                                ("loss.decorr_target", cfg.loss.decorr_target, ("x", "residual")),
+                                ("loss.perceptual", cfg.loss.perceptual, ("msgrad", "msssim", "lpips")),
+                                ("loss.pixel", cfg.loss.pixel, ("l1", "l2", "charbonnier"))):
+        if value not in allowed:
+            raise UsageError(f"config {key} must be one of {', '.join(allowed)}, not {value!r}")
+    return cfg

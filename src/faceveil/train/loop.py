@@ -23,7 +23,7 @@ from ..models.zoo import save_weights
 from ..nn.inn import HidingNet
 from .config import TrainConfig
 from .data import VeiledSampler, fixed_validation_set, load_pools
-from .losses import IMNLoss, ProFaceSLoss, detail_corr2, quantize_ste
+from .losses import IMNLoss, ProFaceSLoss, decorr_reference, detail_corr2, quantize_ste
 
 log = logging.getLogger(__name__)
 
@@ -91,6 +91,10 @@ class Trainer:
         self.sampler = VeiledSampler(self.pools, cfg.data, seed=cfg.seed)
         self.gen = torch.Generator().manual_seed(cfg.seed + 1)
         self.val = fixed_validation_set(self.pools, cfg.data)
+        # Large faces (a big face in a photo is a smooth, upscaled-looking crop): the wrong-key
+        # output can leak coarse structure there that the 112-px set does not show.
+        self.val_large = (fixed_validation_set(self.pools, cfg.data, n=12, size=cfg.data.val_large, seed=4321)
+                          if cfg.data.val_large > 0 else None)
         self.step = 0
         self.best = -math.inf
         self._resume()
@@ -180,6 +184,7 @@ class Trainer:
         self.net.eval()
         x, y, _ = self.val
         x, y = x.to(self.device), y.to(self.device)
+        scales, target = self.cfg.loss.decorr_scales, self.cfg.loss.decorr_target
         res: dict[str, list[float]] = {}
         for i in range(0, x.shape[0], 16):
             xb, yb = x[i:i + 16], y[i:i + 16]
@@ -188,10 +193,21 @@ class Trainer:
             if out["x_wrong"] is not None:
                 vals["val_wrong_vs_x"] = psnr(out["x_wrong"].clamp(0, 1), xb)
                 vals["val_wrong_vs_y"] = psnr(out["x_wrong"].clamp(0, 1), yb)
-                vals["val_wrong_detail"] = detail_corr2(out["x_wrong"].clamp(0, 1), xb)
-                vals["val_veil_detail"] = detail_corr2(yb, xb)
+                ref = decorr_reference(xb, yb, target)
+                vals["val_wrong_detail"] = detail_corr2(out["x_wrong"].clamp(0, 1), ref, scales)
+                vals["val_veil_detail"] = detail_corr2(yb, ref, scales)
             for k, v in vals.items():
                 res.setdefault(k, []).extend(v.tolist())
+        if self.val_large is not None and self.cfg.loss.wr_mode != "none":
+            x, y, _ = self.val_large
+            for i in range(0, x.shape[0], 4):
+                xb, yb = x[i:i + 4].to(self.device), y[i:i + 4].to(self.device)
+                out = self.forward(xb, yb, quantize=True)
+                ref = decorr_reference(xb, yb, target)
+                vals = {"val_large_wrong_detail": detail_corr2(out["x_wrong"].clamp(0, 1), ref, scales + 1),
+                        "val_large_veil_detail": detail_corr2(yb, ref, scales + 1)}
+                for k, v in vals.items():
+                    res.setdefault(k, []).extend(v.tolist())
         return {k: sum(v) / len(v) for k, v in res.items()}
 
     def score(self, v: dict[str, float]) -> float:
@@ -206,6 +222,8 @@ class Trainer:
             s -= max(0.0, 25.0 - v["val_wrong_vs_y"])
         if "val_wrong_detail" in v and self.cfg.loss.lambda_decorr > 0:
             s -= 100.0 * max(0.0, v["val_wrong_detail"] - v["val_veil_detail"])
+            if "val_large_wrong_detail" in v:
+                s -= 100.0 * max(0.0, v["val_large_wrong_detail"] - v["val_large_veil_detail"])
         return s
 
     def run(self, max_steps: int | None = None, max_seconds: float | None = None,

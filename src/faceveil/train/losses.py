@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from ..eval.metrics import gaussian_window, ssim_terms
 from ..nn.haar import dwt, low_band
 from .config import LossConfig
 
@@ -41,16 +42,22 @@ def pixel_distance(kind: str) -> Distance:
     raise ValueError(f"unknown pixel loss {kind!r}")
 
 
+def dyadic_pairs(a: Tensor, b: Tensor, scales: int, min_side: int):
+    """``(a, b)`` at full, 1/2, 1/4 … resolution (2×2 average pooling), ``scales`` levels at most,
+    stopping before a side gets shorter than ``min_side``."""
+    for s in range(scales):
+        if s:
+            a, b = F.avg_pool2d(a, 2), F.avg_pool2d(b, 2)
+        if min(a.shape[-2:]) < min_side:
+            return
+        yield a, b
+
+
 def msgrad_distance(a: Tensor, b: Tensor, scales: int = 3) -> Tensor:
     """Multi-scale gradient L1: compares horizontal and vertical differences at 1, 1/2, 1/4
     resolution; sensitive to texture and edges, like a perceptual metric, and needs no weights."""
     total = a.new_zeros(a.shape[0])
-    for s in range(scales):
-        if s:
-            a = F.avg_pool2d(a, 2)
-            b = F.avg_pool2d(b, 2)
-        if min(a.shape[-2:]) < 2:
-            break
+    for a, b in dyadic_pairs(a, b, scales, 2):
         d = a - b
         gx = d[..., :, 1:] - d[..., :, :-1]
         gy = d[..., 1:, :] - d[..., :-1, :]
@@ -58,32 +65,12 @@ def msgrad_distance(a: Tensor, b: Tensor, scales: int = 3) -> Tensor:
     return total
 
 
-def _gauss(size: int, sigma: float, device, dtype) -> Tensor:
-    r = torch.arange(size, device=device, dtype=dtype) - (size - 1) / 2
-    g = torch.exp(-0.5 * (r / sigma) ** 2)
-    return g / g.sum()
-
-
 def ssim_components(a: Tensor, b: Tensor, win: int = 11, sigma: float = 1.5) -> tuple[Tensor, Tensor]:
     """Per-image SSIM and contrast-structure term with a Gaussian window (Wang et al. 2004
     settings: 11×11, σ 1.5, K1 0.01, K2 0.03, data range 1), valid region only."""
-    c = a.shape[1]
     win = min(win, a.shape[-1], a.shape[-2])
-    g = _gauss(win, sigma, a.device, a.dtype)
-    kx = g.view(1, 1, 1, -1).expand(c, 1, 1, win)
-    ky = g.view(1, 1, -1, 1).expand(c, 1, win, 1)
-
-    def filt(t: Tensor) -> Tensor:
-        return F.conv2d(F.conv2d(t, kx, groups=c), ky, groups=c)
-
-    c1, c2 = 0.01 ** 2, 0.03 ** 2
-    mu_a, mu_b = filt(a), filt(b)
-    saa = filt(a * a) - mu_a ** 2
-    sbb = filt(b * b) - mu_b ** 2
-    sab = filt(a * b) - mu_a * mu_b
-    cs = (2 * sab + c2) / (saa + sbb + c2)
-    lum = (2 * mu_a * mu_b + c1) / (mu_a ** 2 + mu_b ** 2 + c1)
-    return per_image_mean(lum * cs), per_image_mean(cs)
+    ssim_map, cs_map = ssim_terms(a, b, gaussian_window(win, sigma, a.dtype).to(a.device))
+    return per_image_mean(ssim_map), per_image_mean(cs_map)
 
 
 def msssim_distance(a: Tensor, b: Tensor) -> Tensor:
@@ -118,7 +105,7 @@ def perceptual_distance(cfg: LossConfig) -> Distance:
 
 def _blur(t: Tensor, sigma: float, win: int) -> Tensor:
     c = t.shape[1]
-    g = _gauss(win, sigma, t.device, t.dtype)
+    g = gaussian_window(win, sigma, t.dtype).to(t.device)
     kx = g.view(1, 1, 1, -1).expand(c, 1, 1, win)
     ky = g.view(1, 1, -1, 1).expand(c, 1, win, 1)
     t = F.pad(t, (win // 2,) * 4, mode="replicate")
@@ -136,12 +123,7 @@ def detail_corr2(a: Tensor, b: Tensor, scales: int = 2, eps: float = 1e-5) -> Te
     uniform noise ~0.01, an 8-bit copy ~0.95. ``eps`` keeps flat windows (no structure) near 0."""
     total = a.new_zeros(a.shape[0])
     n = 0
-    for s in range(scales):
-        if s:
-            a = F.avg_pool2d(a, 2)
-            b = F.avg_pool2d(b, 2)
-        if min(a.shape[-2:]) < 9:
-            break
+    for a, b in dyadic_pairs(a, b, scales, 9):
         da, db = a - _blur(a, 1.5, 7), b - _blur(b, 1.5, 7)
         mu_a, mu_b = _blur(da, 2.0, 9), _blur(db, 2.0, 9)
         saa = (_blur(da * da, 2.0, 9) - mu_a ** 2).clamp_min(0)
@@ -150,6 +132,20 @@ def detail_corr2(a: Tensor, b: Tensor, scales: int = 2, eps: float = 1e-5) -> Te
         total = total + per_image_mean(sab ** 2 / ((saa + eps) * (sbb + eps)))
         n += 1
     return total / max(n, 1)
+
+
+def decorr_reference(x: Tensor, y: Tensor, target: str) -> Tensor:
+    """What the wrong-key output must not share structure with: the original ``x``, or only the
+    residual ``x − y`` — what the veil removed. The residual is the right reference at coarse
+    scales, where a blurred veil still shares the face's layout with x (and where ObfsWR's target,
+    the veil, must be allowed); measured on a 254-px face of ``examples/group.jpg``, stage 2's
+    wrong-key output correlated 0.19-0.45 with the residual at 4-16× downsampling (the veil 0.07-0.10,
+    noise 0.015) although it was uncorrelated at full resolution."""
+    if target == "x":
+        return x
+    if target == "residual":
+        return x - y
+    raise ValueError(f"unknown decorrelation target {target!r} (x or residual)")
 
 
 def range_excess(t: Tensor) -> Tensor:
@@ -201,7 +197,7 @@ class ProFaceSLoss:
                 terms["wr_range"] = rng.mean()
                 total = total + c.lambda_range * rng
             if c.lambda_decorr > 0:
-                dec = detail_corr2(seen, x)
+                dec = detail_corr2(seen, decorr_reference(x, y, c.decorr_target), scales=c.decorr_scales)
                 terms["wr_decorr"] = dec.mean()
                 total = total + c.lambda_decorr * dec
             if c.wr_mode == "randwr":  # eq. (20)
