@@ -1,0 +1,269 @@
+"""The public Python API: :func:`protect` and :func:`recover` on files, PIL images or arrays.
+
+>>> import faceveil
+>>> veiled = faceveil.protect("group.jpg", "my password", veil="pixelate")
+>>> veiled.save("group.veiled.png")
+>>> back = faceveil.recover("group.veiled.png", "my password")
+>>> back.save("group.recovered.png")
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from . import __version__
+from .detect import get_detector
+from .detect.base import Face
+from .detect.geometry import DEFAULT_MARGIN, CropBox, order_faces
+from .errors import ContainerError, ImageError, ModelError, UsageError, WrongPasswordError
+from .io import container as ct
+from .io.image import LoadedImage, read_image, write_image
+from .keys import DEFAULT_KDF, MasterKey, derive_master_key, new_salt
+from .models.zoo import LoadedModel, load_model
+from .pipeline import FacePlan, plan_faces, protect_array, recover_array
+
+log = logging.getLogger(__name__)
+
+ImageLike = str | Path | np.ndarray | Any  # Any: a PIL.Image.Image
+
+
+@dataclass
+class FaceInfo:
+    """One processed face: detection box, the crop that was protected, the veil used."""
+
+    index: int
+    box: tuple[float, float, float, float]
+    crop: CropBox
+    score: float
+    veil: str
+    params: dict = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        return {"index": self.index, "box": [round(v, 1) for v in self.box], "crop": self.crop.as_list(),
+                "score": round(self.score, 4), "veil": {"name": self.veil, "params": self.params}}
+
+
+@dataclass
+class Protected:
+    """The result of :func:`protect`. ``image`` is the protected RGB (uint8 H×W×3); ``alpha`` the
+    untouched alpha channel, if any; ``record`` the metadata the PNG must carry for recovery."""
+
+    image: np.ndarray
+    alpha: np.ndarray | None
+    record: ct.Record
+    faces: list[FaceInfo]
+    icc_profile: bytes | None = None
+
+    def save(self, path: str | Path, *, overwrite: bool = False) -> Path:
+        """Write the protected PNG (atomically). Any other format is refused: a lossy one would
+        destroy the hidden faces."""
+        from .io.image import output_format_for
+
+        fmt = output_format_for(path, lossless_only=True)
+        text = ct.embed({}, self.record)
+        write_image(path, self.image, self.alpha, text=text, icc_profile=self.icc_profile, format=fmt,
+                    overwrite=overwrite)
+        return Path(path)
+
+    def to_pil(self):
+        from PIL import Image
+
+        if self.alpha is not None:
+            return Image.fromarray(np.dstack([self.image, self.alpha]), "RGBA")
+        return Image.fromarray(self.image, "RGB")
+
+
+@dataclass
+class Recovered:
+    """The result of :func:`recover`. ``verified`` is False only when ``force`` ran the network
+    with a password that failed the check (the output then shows the wrong-key behaviour);
+    ``modified`` is True when the protected pixels are not those that were written."""
+
+    image: np.ndarray
+    alpha: np.ndarray | None
+    record: ct.Record
+    faces: list[FaceInfo]
+    verified: bool = True
+    modified: bool = False
+    icc_profile: bytes | None = None
+
+    def save(self, path: str | Path, *, overwrite: bool = False) -> Path:
+        from .io.image import output_format_for
+
+        fmt = output_format_for(path, lossless_only=False)
+        write_image(path, self.image, self.alpha, icc_profile=self.icc_profile, format=fmt,
+                    overwrite=overwrite)
+        return Path(path)
+
+    to_pil = Protected.to_pil
+
+
+# -- inputs ---------------------------------------------------------------------------------------
+
+def _load(image: ImageLike) -> LoadedImage:
+    """Files go through :func:`read_image` (EXIF orientation, modes, limits); PIL images and
+    arrays are converted the same way."""
+    if isinstance(image, (str, Path)):
+        return read_image(image)
+    if isinstance(image, np.ndarray):
+        return LoadedImage.from_array(image)
+    try:
+        from PIL import Image
+    except ImportError:  # pragma: no cover - pillow is a dependency
+        Image = None
+    if Image is not None and isinstance(image, Image.Image):
+        return LoadedImage.from_pil(image)
+    raise UsageError(f"cannot read an image from a {type(image).__name__}; pass a path, a PIL "
+                     "image or a uint8 array")
+
+
+def _pixels_digest(rgb: np.ndarray, alpha: np.ndarray | None) -> str:
+    h = hashlib.sha256()
+    h.update(f"{rgb.shape[1]}x{rgb.shape[0]}".encode())
+    h.update(np.ascontiguousarray(rgb).tobytes())
+    if alpha is not None:
+        h.update(np.ascontiguousarray(alpha).tobytes())
+    return h.hexdigest()
+
+
+def _mac_key(master: MasterKey) -> bytes:
+    """Key of the HMAC over the canonical record: once the password is known, recovery detects any
+    edit of the metadata (docs/FORMAT.md)."""
+    from .keys import hkdf
+
+    return hkdf(master.key, b"faceveil/v1 metadata mac")
+
+
+def _faces_from_boxes(boxes: Sequence[Sequence[float]]) -> list[Face]:
+    out = []
+    for b in boxes:
+        if len(b) != 4:
+            raise UsageError(f"a face box is x0,y0,x1,y1; got {list(b)}")
+        out.append(Face(tuple(float(v) for v in b), 1.0))
+    return out
+
+
+# -- protect --------------------------------------------------------------------------------------
+
+def protect(image: ImageLike, password: str | bytes, *, veil: str = "blur", veil_params: dict | None = None,
+            model: str | LoadedModel | None = None, detector: str = "yunet", boxes: Sequence | None = None,
+            margin: float = DEFAULT_MARGIN, threshold: float | None = None, min_face: int | None = None,
+            kdf: dict | None = None, progress: Callable[[int], None] | None = None) -> Protected:
+    """Veil every face in ``image`` and hide the originals, keyed by ``password``.
+
+    ``boxes`` (``[(x0, y0, x1, y1), ...]``) replaces detection. ``veil_params`` override the veil's
+    defaults (which scale with each face's crop). ``kdf`` overrides the scrypt parameters (stored
+    in the file). Returns a :class:`Protected`; call ``.save("out.png")``.
+    """
+    img = _load(image)
+    if ct.extract(img.text) is not None:
+        raise UsageError("this image is already protected by faceveil; recover it first "
+                         "(protecting twice would lose the first password's faces)")
+    lm = model if isinstance(model, LoadedModel) else load_model(model)
+    h, w = img.rgb.shape[:2]
+    if boxes is not None:
+        faces = _faces_from_boxes(boxes)
+    else:
+        opts = {}
+        if threshold is not None:
+            opts["threshold"] = float(threshold)
+        if min_face is not None:
+            opts["min_size"] = float(min_face)
+        faces = get_detector(detector, **opts).detect(img.rgb)
+    plans = plan_faces(w, h, order_faces(faces), veil, veil_params, margin)
+    salt = new_salt()
+    kdf_params = dict(kdf or DEFAULT_KDF)
+    master = derive_master_key(password, salt, kdf_params) if lm.keyed else None
+    out, done = protect_array(img.rgb, plans, master, lm, progress)
+    infos = [FaceInfo(p.index, p.box, p.crop, p.score, p.veil, p.params) for p in done]
+    record = ct.Record(
+        software=f"faceveil {__version__}",
+        model=ct.ModelRef(name=lm.name, sha256=lm.sha256),
+        kdf=ct.KdfParams(name=kdf_params["name"], n=kdf_params["n"], r=kdf_params["r"], p=kdf_params["p"],
+                         salt=salt),
+        verifier=master.verifier if master else None,
+        image=ct.ImageSize(width=w, height=h),
+        faces=[ct.FaceEntry(index=f.index, box=f.box, crop=f.crop.as_list(),
+                            crop_size=[f.crop.width, f.crop.height], score=f.score,
+                            veil=ct.VeilRef(name=f.veil, params=f.params)) for f in infos],
+        pixels_sha256=_pixels_digest(out, img.alpha),
+    )
+    if master is not None:
+        record = record.with_mac(_mac_key(master))
+    return Protected(out, img.alpha, record, infos, img.info.get("icc_profile"))
+
+
+# -- recover --------------------------------------------------------------------------------------
+
+def _model_for(record: ct.Record, model: str | LoadedModel | None) -> LoadedModel:
+    lm = model if isinstance(model, LoadedModel) else load_model(model or record.model.name)
+    if lm.sha256 != record.model.sha256:
+        raise ModelError(f"this file was protected with model {record.model.name!r} "
+                         f"(weights sha256 {record.model.sha256[:12]}…), which this installation does not "
+                         f"have (it has {lm.name!r}, {lm.sha256[:12]}…); install the faceveil version that "
+                         f"wrote it ({record.software})")
+    return lm
+
+
+def recover(image: ImageLike, password: str | bytes, *, record: ct.Record | None = None,
+            force: bool = False, model: str | LoadedModel | None = None,
+            progress: Callable[[int], None] | None = None) -> Recovered:
+    """Lift the veil from a protected image with its password.
+
+    Raises :class:`WrongPasswordError` when the password fails the stored verifier, unless
+    ``force`` (then the network runs anyway with the wrong key and ``verified`` is False).
+    """
+    img = _load(image)
+    rec = record or ct.extract(img.text)
+    if rec is None:
+        raise ContainerError("no faceveil record in this image: it was not protected by faceveil, or "
+                             "another program re-saved it and dropped the metadata")
+    h, w = img.rgb.shape[:2]
+    rec.check_image_size(w, h)
+    lm = _model_for(rec, model)
+    verified = True
+    master = None
+    if lm.keyed:
+        kdf = {"name": rec.kdf.name, "n": rec.kdf.n, "r": rec.kdf.r, "p": rec.kdf.p}
+        master = derive_master_key(password, rec.kdf.salt, kdf)
+        if not master.matches(rec.verifier):
+            if not force:
+                raise WrongPasswordError("wrong password (use --force to run the network anyway and "
+                                         "see what a wrong key gives)")
+            verified = False
+            log.warning("wrong password: running the network anyway (--force); the output is "
+                        "what an attacker without the password gets")
+        elif rec.mac is not None and not ct.verify_mac(rec, _mac_key(master)):
+            raise ContainerError("the faceveil record was altered after protection; refusing to recover")
+    modified = rec.pixels_sha256 is not None and rec.pixels_sha256 != _pixels_digest(img.rgb, img.alpha)
+    if modified:
+        log.warning("the protected pixels were changed after protection (re-encoded or edited?); "
+                    "the recovered faces will be degraded")
+    for f in rec.faces:
+        if not CropBox.from_list(f.crop).inside(w, h):
+            raise ContainerError(f"face {f.index}: crop {f.crop} lies outside the {w}×{h} image")
+    out = recover_array(img.rgb, [(f.index, CropBox.from_list(f.crop)) for f in rec.faces], master, lm,
+                        progress)
+    infos = [FaceInfo(f.index, tuple(f.box), CropBox.from_list(f.crop), f.score, f.veil.name,
+                      dict(f.veil.params)) for f in rec.faces]
+    return Recovered(out, img.alpha, rec, infos, verified, modified, img.info.get("icc_profile"))
+
+
+def inspect(image: ImageLike) -> dict:
+    """The faceveil record of a protected image as a plain dict (nothing secret is in it)."""
+    img = _load(image)
+    rec = ct.extract(img.text)
+    if rec is None:
+        raise ContainerError("no faceveil record in this image")
+    return rec.to_dict()
+
+
+__all__ = ["protect", "recover", "inspect", "Protected", "Recovered", "FaceInfo", "FacePlan",
+           "ImageError"]

@@ -1,0 +1,442 @@
+"""The ``faceveil`` command line. ``main(argv) -> int`` is testable in-process.
+
+Exit codes: 0 success; 2 usage; 3 wrong password; 1 any other failure. Every failure is one line on
+stderr (``faceveil: error: ...``), never a traceback, and leaves no output file behind.
+"""
+
+from __future__ import annotations
+
+import argparse
+import getpass
+import json
+import logging
+import os
+import sys
+from collections.abc import Callable, Iterable
+from pathlib import Path
+
+from .. import __version__
+from ..errors import FaceveilError, UsageError, WrongPasswordError
+
+log = logging.getLogger("faceveil")
+
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff", ".gif", ".ppm", ".pgm",
+                  ".pbm", ".heic", ".avif"}
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse that raises instead of exiting, so ``main`` owns the exit code and the message."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        raise UsageError(f"{message} (see `faceveil {self.prog.split()[-1]} --help`)"
+                         if " " in self.prog else message)
+
+
+# -- passwords ------------------------------------------------------------------------------------
+
+def read_password(args: argparse.Namespace, *, confirm: bool) -> str:
+    """From ``--password-env``, ``--password-file``, ``--password`` (warns) or a prompt without echo."""
+    if getattr(args, "password_env", None):
+        value = os.environ.get(args.password_env)
+        if not value:
+            raise UsageError(f"environment variable {args.password_env} is not set or empty")
+        return value
+    if getattr(args, "password_file", None):
+        try:
+            text = Path(args.password_file).read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as e:
+            raise UsageError(f"cannot read password file {args.password_file}: "
+                             f"{getattr(e, 'strerror', None) or e}") from None
+        value = text.splitlines()[0] if text.splitlines() else ""
+        if not value:
+            raise UsageError(f"password file {args.password_file} is empty")
+        return value
+    if getattr(args, "password", None):
+        log.warning("--password puts the password in your shell history and the process list; "
+                    "prefer --password-env or --password-file")
+        return args.password
+    if not sys.stdin.isatty():
+        raise UsageError("no password given: use --password-env VAR or --password-file FILE "
+                         "(there is no terminal to prompt on)")
+    try:
+        value = getpass.getpass("Password: ")
+        if confirm and getpass.getpass("Password (again): ") != value:
+            raise UsageError("the passwords do not match")
+    except (EOFError, KeyboardInterrupt):
+        raise UsageError("no password entered") from None
+    if not value:
+        raise UsageError("the password is empty")
+    return value
+
+
+def add_password_options(p: argparse.ArgumentParser) -> None:
+    g = p.add_mutually_exclusive_group()
+    g.add_argument("--password-env", metavar="VAR", help="read the password from this environment variable")
+    g.add_argument("--password-file", metavar="F", help="read the password from the first line of this file")
+    g.add_argument("--password", help=argparse.SUPPRESS)
+
+
+# -- inputs and outputs ---------------------------------------------------------------------------
+
+def expand_inputs(inputs: Iterable[str]) -> list[tuple[Path, Path]]:
+    """Files stay as given; a folder contributes its images (recursively). Returns
+    ``(file, path relative to its root)`` pairs, de-duplicated, in a stable order."""
+    out: list[tuple[Path, Path]] = []
+    seen: set[Path] = set()
+    for raw in inputs:
+        p = Path(raw)
+        if p.is_dir():
+            files = sorted(f for f in p.rglob("*") if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES
+                           and not any(part.startswith(".") for part in f.relative_to(p).parts))
+            pairs = [(f, f.relative_to(p)) for f in files]
+        elif p.exists():
+            pairs = [(p, Path(p.name))]
+        else:
+            raise UsageError(f"{raw}: no such file or folder")
+        for f, rel in pairs:
+            key = f.resolve()
+            if key not in seen:
+                seen.add(key)
+                out.append((f, rel))
+    return out
+
+
+def output_path(src: Path, rel: Path, args: argparse.Namespace, tag: str, n_inputs: int,
+                suffix: str = ".png") -> Path:
+    if args.output:
+        return Path(args.output)
+    stem = rel.with_suffix("").name
+    if tag == "recovered" and stem.endswith(".veiled"):
+        stem = stem[: -len(".veiled")]
+    name = f"{stem}.{tag}{suffix}"
+    if args.out_dir:
+        return Path(args.out_dir) / rel.parent / name
+    return src.with_name(name)
+
+
+def _progress_bar(total: int, quiet: bool, desc: str):
+    if quiet or total <= 0:
+        return None
+    try:
+        from tqdm import tqdm
+    except ImportError:  # pragma: no cover
+        return None
+    return tqdm(total=total, desc=desc, unit="file", file=sys.stderr, leave=False,
+                disable=not sys.stderr.isatty() and os.environ.get("FACEVEIL_PROGRESS") != "1")
+
+
+def _check_io_args(args: argparse.Namespace, files: list) -> None:
+    if args.output and args.out_dir:
+        raise UsageError("give either -o/--output or --out-dir, not both")
+    if args.output and len(files) != 1:
+        raise UsageError(f"-o/--output names one file but there are {len(files)} inputs; use --out-dir")
+
+
+def _run_batch(args: argparse.Namespace, command: str, files: list[tuple[Path, Path]],
+               work: Callable[[Path, Path], dict]) -> int:
+    bar = _progress_bar(len(files), args.quiet, command)
+    results, codes = [], []
+    for src, rel in files:
+        try:
+            res = work(src, rel)
+            res.update(input=str(src), status="ok")
+            codes.append(0)
+        except FaceveilError as e:
+            res = {"input": str(src), "status": "error", "error": str(e), "exit_code": e.exit_code}
+            codes.append(e.exit_code)
+            _say_error(f"{src}: {e}")
+        results.append(res)
+        if bar:
+            bar.update(1)
+    if bar:
+        bar.close()
+    failed = [c for c in codes if c]
+    code = 0 if not failed else (3 if all(c == 3 for c in failed) else (2 if all(c == 2 for c in failed) else 1))
+    if args.json:
+        print(json.dumps({"command": command, "version": __version__, "ok": len(codes) - len(failed),
+                          "failed": len(failed), "files": results}, indent=None))
+    return code
+
+
+def _say_error(msg: str) -> None:
+    print(f"faceveil: error: {msg}", file=sys.stderr)
+
+
+# -- commands -------------------------------------------------------------------------------------
+
+def _parse_params(items: list[str] | None) -> dict:
+    out: dict = {}
+    for item in items or []:
+        if "=" not in item:
+            raise UsageError(f"--veil-param takes NAME=VALUE, got {item!r}")
+        k, v = item.split("=", 1)
+        for cast in (int, float):
+            try:
+                out[k] = cast(v)
+                break
+            except ValueError:
+                continue
+        else:
+            out[k] = v
+    return out
+
+
+def _parse_boxes(items: list[str] | None) -> list | None:
+    if not items:
+        return None
+    boxes = []
+    for item in items:
+        try:
+            vals = [float(v) for v in item.split(",")]
+        except ValueError:
+            raise UsageError(f"--box takes x0,y0,x1,y1, got {item!r}") from None
+        if len(vals) != 4:
+            raise UsageError(f"--box takes x0,y0,x1,y1, got {item!r}")
+        boxes.append(vals)
+    return boxes
+
+
+def _inputs(args: argparse.Namespace, lossless_only: bool) -> list[tuple[Path, Path]]:
+    """The input files, after the checks every batch command makes before it starts."""
+    from ..io.image import output_format_for
+
+    files = expand_inputs(args.inputs)
+    _check_io_args(args, files)
+    if args.output:
+        output_format_for(args.output, lossless_only=lossless_only)
+    if not files:
+        raise UsageError("no images found in the given folders")
+    return files
+
+
+def _destination(src: Path, rel: Path, args: argparse.Namespace, suffix: str, n: int,
+                 lossless_only: bool) -> Path:
+    """Where ``src``'s result goes; refuses to overwrite the input, or an existing file without
+    ``--overwrite``, before any work is done."""
+    from ..io.image import output_format_for, same_file
+
+    dst = output_path(src, rel, args, suffix, n)
+    output_format_for(dst, lossless_only=lossless_only)
+    if dst.exists() and same_file(dst, src):
+        raise UsageError(f"the output {dst} is the input; faceveil never overwrites an original")
+    if dst.exists() and not args.overwrite:
+        raise UsageError(f"{dst} exists; choose another name or pass --overwrite")
+    return dst
+
+
+def cmd_protect(args: argparse.Namespace) -> int:
+    from .. import api
+    from ..models import load_model
+
+    files = _inputs(args, lossless_only=True)
+    params = _parse_params(args.veil_param)
+    boxes = _parse_boxes(args.box)
+    from ..obfuscate import get_veil
+
+    get_veil(args.veil)
+    model = load_model(args.model)
+    password = read_password(args, confirm=True)
+
+    def work(src: Path, rel: Path) -> dict:
+        dst = _destination(src, rel, args, "veiled", len(files), lossless_only=True)
+        res = api.protect(src, password, veil=args.veil, veil_params=params, model=model, boxes=boxes,
+                          margin=args.margin, threshold=args.threshold, min_face=args.min_face)
+        if not res.faces:
+            log.warning("%s: no face found; copied through unchanged", src)
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        res.save(dst, overwrite=args.overwrite)
+        return {"output": str(dst), "faces": len(res.faces), "model": res.record.model.name,
+                "veil": args.veil, "boxes": [f.to_dict()["box"] for f in res.faces]}
+
+    return _run_batch(args, "protect", files, work)
+
+
+def cmd_recover(args: argparse.Namespace) -> int:
+    from .. import api
+
+    files = _inputs(args, lossless_only=False)
+    password = read_password(args, confirm=False)
+
+    def work(src: Path, rel: Path) -> dict:
+        dst = _destination(src, rel, args, "recovered", len(files), lossless_only=False)
+        res = api.recover(src, password, force=args.force, model=args.model)
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        res.save(dst, overwrite=args.overwrite)
+        return {"output": str(dst), "faces": len(res.faces), "verified": res.verified,
+                "modified": res.modified}
+
+    return _run_batch(args, "recover", files, work)
+
+
+def cmd_inspect(args: argparse.Namespace) -> int:
+    from .. import api
+
+    print(json.dumps(api.inspect(args.file), indent=2))
+    return 0
+
+
+def cmd_veils(args: argparse.Namespace) -> int:
+    from ..obfuscate import VEILS
+
+    rows = {name: {"summary": v.summary, "defaults_at_112px": v.defaults(112), "params": v.param_help}
+            for name, v in sorted(VEILS.items())}
+    if args.json:
+        print(json.dumps(rows, indent=2))
+    else:
+        for name, row in rows.items():
+            print(f"{name:10s} {row['summary']}")
+            for k, h in row["params"].items():
+                print(f"{'':10s}   {k}: {h} (112 px default: {row['defaults_at_112px'].get(k)})")
+    return 0
+
+
+def cmd_models(args: argparse.Namespace) -> int:
+    from ..models.zoo import available_models, read_manifest
+
+    m = read_manifest()
+    rows = {name: {k: e.get(k) for k in ("arch", "version", "wr_mode", "sha256", "description")}
+            for name, e in available_models().items()}
+    if args.json:
+        print(json.dumps({"default": m.get("default"), "models": rows}, indent=2))
+    else:
+        for name, r in rows.items():
+            star = "*" if name == m.get("default") else " "
+            print(f"{star} {name:22s} {r['arch']:10s} {r.get('wr_mode') or '':7s} {r.get('description') or ''}")
+    return 0
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from ..train.cli import run_train
+
+    return run_train(args)
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from ..eval.harness import run_eval
+
+    return run_eval(args)
+
+
+def build_parser() -> ArgumentParser:
+    p = ArgumentParser(prog="faceveil", description="Veil every face in a photo; lift the veil with "
+                       "the password.")
+    p.add_argument("--version", action="version", version=f"faceveil {__version__}")
+    p.add_argument("-v", "--verbose", action="store_true", help="log more (to stderr)")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND", parser_class=ArgumentParser)
+
+    def io_opts(sp):
+        sp.add_argument("inputs", nargs="+", metavar="INPUT", help="image files or folders")
+        g = sp.add_argument_group("output")
+        g.add_argument("-o", "--output", metavar="OUT", help="output file (one input only)")
+        g.add_argument("--out-dir", metavar="DIR", help="output folder (mirrors input folders)")
+        g.add_argument("--overwrite", action="store_true", help="replace existing outputs (never an input)")
+        add_password_options(sp)
+        sp.add_argument("--model", metavar="NAME|PATH", help="model name or .safetensors file")
+        sp.add_argument("--json", action="store_true", help="print one JSON summary on stdout")
+        sp.add_argument("-q", "--quiet", action="store_true", help="no progress bar, no warnings")
+
+    from ..detect.geometry import DEFAULT_MARGIN
+    from ..obfuscate import VEILS
+
+    sp = sub.add_parser("protect", help="veil the faces; the originals stay hidden in the PNG")
+    io_opts(sp)
+    sp.add_argument("--veil", default="blur", choices=sorted(VEILS), help="the veil (default: blur)")
+    sp.add_argument("--veil-param", action="append", metavar="NAME=VALUE",
+                    help="override a veil parameter (repeatable; see `faceveil veils`)")
+    sp.add_argument("--box", action="append", metavar="x0,y0,x1,y1",
+                    help="protect this box instead of detecting faces (repeatable)")
+    sp.add_argument("--margin", type=float, default=DEFAULT_MARGIN,
+                    help=f"extra border around each face box, as a fraction of its size (default {DEFAULT_MARGIN})")
+    sp.add_argument("--threshold", type=float, help="detection confidence threshold (0-1)")
+    sp.add_argument("--min-face", type=int, help="smallest face to detect, in pixels")
+    sp.set_defaults(func=cmd_protect)
+
+    sp = sub.add_parser("recover", help="lift the veil with the password")
+    io_opts(sp)
+    sp.add_argument("--force", action="store_true",
+                    help="run the network even when the password is wrong (shows the wrong-key output)")
+    sp.set_defaults(func=cmd_recover)
+
+    sp = sub.add_parser("inspect", help="print a protected file's metadata as JSON")
+    sp.add_argument("file", metavar="FILE")
+    sp.set_defaults(func=cmd_inspect)
+
+    sp = sub.add_parser("veils", help="list the registered veils")
+    sp.add_argument("--json", action="store_true")
+    sp.set_defaults(func=cmd_veils)
+
+    sp = sub.add_parser("models", help="list the shipped models")
+    sp.add_argument("--json", action="store_true")
+    sp.set_defaults(func=cmd_models)
+
+    sp = sub.add_parser("train", help="train a model (see configs/)")
+    from ..train.cli import add_train_arguments
+
+    add_train_arguments(sp)
+    sp.set_defaults(func=cmd_train)
+
+    sp = sub.add_parser("eval", help="evaluate a model on a folder of aligned face crops")
+    from ..eval.harness import add_eval_arguments
+
+    add_eval_arguments(sp)
+    sp.set_defaults(func=cmd_eval)
+    return p
+
+
+def _setup_logging(verbose: bool, quiet: bool) -> None:
+    level = logging.DEBUG if verbose else (logging.ERROR if quiet else logging.WARNING)
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("faceveil: %(levelname)s: %(message)s"))
+    root = logging.getLogger("faceveil")
+    root.handlers[:] = [handler]
+    root.setLevel(level)
+    root.propagate = False
+    if verbose:
+        logging.getLogger("faceveil").handlers[0].setFormatter(
+            logging.Formatter("faceveil: %(levelname)s: %(name)s: %(message)s"))
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    try:
+        parser = build_parser()
+        if not argv:
+            parser.print_help(sys.stderr)
+            return 2
+        args = parser.parse_args(argv)
+        _setup_logging(args.verbose, getattr(args, "quiet", False))
+        if not getattr(args, "func", None):
+            parser.print_help(sys.stderr)
+            return 2
+        return int(args.func(args))
+    except FaceveilError as e:
+        _say_error(str(e))
+        return e.exit_code
+    except KeyboardInterrupt:
+        _say_error("interrupted")
+        return 130
+    except BrokenPipeError:  # `faceveil inspect x.png | head`: not an error worth a message
+        try:
+            sys.stdout = open(os.devnull, "w")
+        except OSError:
+            pass
+        return 1
+    except MemoryError:
+        _say_error("out of memory (try a smaller image)")
+        return 1
+    except OSError as e:
+        _say_error(f"{e.filename + ': ' if getattr(e, 'filename', None) else ''}{e.strerror or e}")
+        return 1
+    except SystemExit as e:  # argparse --help / --version
+        return int(e.code or 0)
+    except Exception as e:  # a bug: still one line, the traceback only with -v
+        log.debug("internal error", exc_info=True)
+        _say_error(f"internal error: {type(e).__name__}: {e} (run with -v for details; please report it)")
+        return 1
+
+
+def entry() -> None:
+    sys.exit(main())
+
+
+__all__ = ["main", "entry", "WrongPasswordError"]
