@@ -7,7 +7,7 @@ DATA   ?= ../shared/data
 CACHE  := .cache/data
 DEMO_PASSWORD ?= correct horse battery staple
 
-.PHONY: all venv test test-all demo data train eval bench clean
+.PHONY: all venv test test-all demo data train eval results bench clean
 
 all: test
 
@@ -47,6 +47,27 @@ $(CACHE)/.extracted:
 	cd $(DATA) && sha256sum -c --quiet SHA256SUMS
 	for f in $(DATA)/*.tar.gz; do tar -xzf $$f -C $(CACHE); done
 	touch $@
+
+# Training (resumable; see configs/) and evaluation on the held-out LFW crops.
+CONFIG ?= configs/proface-s-randwr.yaml
+MODEL  ?= proface-s-randwr
+LIMIT  ?= 200
+
+train: $(STAMP) data
+	$(PY) -m faceveil train --config $(CONFIG)
+
+eval: $(STAMP) data
+	@mkdir -p docs/results
+	$(PY) -m faceveil eval --faces $(CACHE)/lfw_dev_128 --model $(MODEL) --mode png --limit $(LIMIT) \
+	    --json-out docs/results/$(MODEL)-png.json --quiet > /dev/null
+	$(MAKE) results
+
+results: $(STAMP)
+	$(PY) -m faceveil.eval.report $(sort $(filter-out docs/results/bench_speed.json docs/results/photo_quality.json,$(wildcard docs/results/*.json)))
+
+bench: $(STAMP)
+	$(PY) benchmarks/bench_speed.py
+	$(PY) benchmarks/photo_quality.py
 
 clean:
 	rm -rf $(VENV) out .pytest_cache .hypothesis
