@@ -7,7 +7,7 @@ DATA   ?= ../shared/data
 CACHE  := .cache/data
 DEMO_PASSWORD ?= correct horse battery staple
 
-.PHONY: all venv test test-all demo data train eval results bench clean
+.PHONY: all venv test test-all demo data train eval results bench attack clean
 
 all: test
 
@@ -63,11 +63,14 @@ eval: $(STAMP) data
 	$(MAKE) results
 
 results: $(STAMP)
-	$(PY) -m faceveil.eval.report $(sort $(filter-out docs/results/bench_speed.json docs/results/photo_quality.json,$(wildcard docs/results/*.json)))
+	$(PY) -m faceveil.eval.report $(sort $(filter-out docs/results/bench_speed.json docs/results/photo_quality.json docs/results/attack_decoder.json,$(wildcard docs/results/*.json)))
 
 bench: $(STAMP)
 	$(PY) benchmarks/bench_speed.py
 	$(PY) benchmarks/photo_quality.py
+
+attack: $(STAMP) data
+	$(PY) benchmarks/attack_decoder.py
 
 clean:
 	rm -rf $(VENV) out .pytest_cache .hypothesis

@@ -372,6 +372,8 @@ def update_section(path: str | Path, name: str, content: str) -> Path:
 KEPT_SECTIONS = (
     ("photo_quality", "Whole photos, per face (benchmarks/photo_quality.py)", "python benchmarks/photo_quality.py"),
     (BENCH_SECTION, "Speed per face and per photo (benchmarks/bench_speed.py)", "python benchmarks/bench_speed.py"),
+    ("attack_decoder", "Attack: a decoder trained with the public weights (benchmarks/attack_decoder.py)",
+     "python benchmarks/attack_decoder.py"),
 )
 
 
