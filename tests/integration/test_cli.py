@@ -41,8 +41,9 @@ PROTECT_FLOOR_DB = 34.0
 WRONG_KEY_CEILING_DB = 20.0  # a wrong password must not give the faces back
 HIDDEN_CEILING_DB = 28.0  # the protected faces must not look like the originals
 # Structure a wrong-password output shares with what the veil hid (x − y), averaged over four dyadic
-# scales (faceveil.train.losses.detail_corr2): noise scores ~0.02, the shipped model 0.02-0.04 on
-# this photo, stage 2 of its training (before the large-face stage) 0.07-0.17, the face itself ~0.9.
+# scales (faceveil.train.losses.detail_corr2). `python benchmarks/photo_quality.py` on this photo:
+# uniform noise 0.015-0.024, the shipped model 0.017-0.030, the original faces 0.43-0.80; with
+# `--model runs/proface-s-randwr-ft/best.safetensors` (stage 2, before the large-face stage) 0.09-0.16.
 WRONG_KEY_LEAK_CEILING = 0.06
 
 

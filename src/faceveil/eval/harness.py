@@ -57,6 +57,7 @@ from ..errors import FaceveilError, UsageError
 from ..keys import DEFAULT_KDF, derive_master_key, normalize_password
 from ..models.zoo import LoadedModel, load_model
 from ..nn.inn import HidingNet, count_parameters
+from .. import pipeline
 from ..obfuscate import VEILS, apply_veil
 from . import metrics as M
 
@@ -125,13 +126,13 @@ def load_face(path: Path, size: int) -> tuple[np.ndarray, tuple[int, int]]:
 
 
 def to_tensor(a: np.ndarray) -> Tensor:
-    """uint8 H×W×3 -> float32 3×H×W in [0, 1] (a read-only array is copied: torch cannot wrap it)."""
-    return torch.from_numpy(np.require(a, requirements=["C", "W"])).permute(2, 0, 1).float().div(255.0)
+    """uint8 H×W×3 -> float32 3×H×W in [0, 1]."""
+    return pipeline.to_tensor(a)[0]
 
 
 def to_uint8(t: Tensor) -> np.ndarray:
     """``3×H×W`` float -> ``H×W×3`` uint8 (clipped, rounded half to even)."""
-    return t.detach().clamp(0, 1).mul(255.0).round().to(torch.uint8).permute(1, 2, 0).cpu().numpy()
+    return pipeline.to_uint8(t.detach().cpu()[None])
 
 
 def quantize(t: Tensor) -> Tensor:

@@ -119,8 +119,9 @@ def detail_corr2(a: Tensor, b: Tensor, scales: int = 2, eps: float = 1e-5) -> Te
     dyadic scales; in 9×9 Gaussian windows (σ 2) the correlation of the two detail layers — the
     structure term of SSIM — is squared, so an inverted copy counts as much as a faithful one, and
     averaged over windows, channels and scales. The detail layer is where identity lives and what
-    every veil removes: on 112-px LFW crops a blurred veil scores ~0.1 against its original,
-    uniform noise ~0.01, an 8-bit copy ~0.95. ``eps`` keeps flat windows (no structure) near 0."""
+    every veil removes. ``benchmarks/photo_quality.py`` reports it (four scales, against x − y) for
+    the wrong-password faces, uniform noise and the original faces of a real photo; the training
+    log's ``val_*_detail`` fields report it for the veil. ``eps`` keeps flat windows near 0."""
     total = a.new_zeros(a.shape[0])
     n = 0
     for a, b in dyadic_pairs(a, b, scales, 9):
@@ -138,9 +139,10 @@ def decorr_reference(x: Tensor, y: Tensor, target: str) -> Tensor:
     """What the wrong-key output must not share structure with: the original ``x``, or only the
     residual ``x − y`` — what the veil removed. The residual is the right reference at coarse
     scales, where a blurred veil still shares the face's layout with x (and where ObfsWR's target,
-    the veil, must be allowed); measured on a 254-px face of ``examples/group.jpg``, stage 2's
-    wrong-key output correlated 0.19-0.45 with the residual at 4-16× downsampling (the veil 0.07-0.10,
-    noise 0.015) although it was uncorrelated at full resolution."""
+    the veil, must be allowed). Stage 2 (decorrelation from x at two scales) still left the coarse
+    layout of large faces in its wrong-key output: against x − y at four scales it scored 0.09-0.16
+    on ``examples/group.jpg``, uniform noise 0.015-0.022 (``python benchmarks/photo_quality.py
+    --model runs/proface-s-randwr-ft/best.safetensors --veil blur``)."""
     if target == "x":
         return x
     if target == "residual":
@@ -166,8 +168,9 @@ class ProFaceSLoss:
 
     Wrong-key hardening (ours; off by default, on in the shipped configs): the paper's pixel
     triplet with margin 1 cannot be met inside [0, 1], so training pushes a few regions of ẍ far
-    out of range and the face stays recognisable between them (measured: 42 % of wrong-password
-    outputs matched the original identity at FMR 0.1 %). ``wr_clamp`` judges ẍ clipped as a file
+    out of range and the face stays recognisable between them (42 % of wrong-password outputs of
+    the stage-1 weights matched the original identity at FMR 0.1 %: ``faceveil eval --faces
+    .cache/data/lfw_dev_128 --model runs/proface-s-randwr/best.safetensors --limit 60``). ``wr_clamp`` judges ẍ clipped as a file
     shows it, ``lambda_range`` keeps it in range and ``lambda_decorr`` penalises local structure ẍ
     shares with x (:func:`detail_corr2`, blind to sign, so an inverted face is no escape).
     """
