@@ -7,7 +7,7 @@ DATA   ?= ../shared/data
 CACHE  := .cache/data
 DEMO_PASSWORD ?= correct horse battery staple
 
-.PHONY: all venv test test-all demo data train eval results bench attack clean
+.PHONY: all venv browser test test-all demo data train eval results bench attack load clean
 
 all: test
 
@@ -20,10 +20,14 @@ $(STAMP): pyproject.toml
 
 venv: $(STAMP)
 
-test: $(STAMP)
+# Debian's headless Chromium for the web app's browser test (see tools/install_browser.sh)
+browser:
+	@sh tools/install_browser.sh
+
+test: $(STAMP) browser
 	$(PY) -m pytest -q
 
-test-all: $(STAMP)
+test-all: $(STAMP) browser
 	$(PY) -m pytest -q -m ''
 
 demo: $(STAMP)
@@ -63,11 +67,15 @@ eval: $(STAMP) data
 	$(MAKE) results
 
 results: $(STAMP)
-	$(PY) -m faceveil.eval.report $(sort $(filter-out docs/results/bench_speed.json docs/results/photo_quality.json docs/results/attack_decoder.json,$(wildcard docs/results/*.json)))
+	$(PY) -m faceveil.eval.report $(sort $(filter-out docs/results/bench_speed.json docs/results/photo_quality.json docs/results/attack_decoder.json docs/results/serve_load.json docs/results/batch_speed.json,$(wildcard docs/results/*.json)))
 
 bench: $(STAMP)
 	$(PY) benchmarks/bench_speed.py
 	$(PY) benchmarks/photo_quality.py
+	$(PY) benchmarks/batch_speed.py
+
+load: $(STAMP)
+	$(PY) benchmarks/serve_load.py
 
 attack: $(STAMP) data
 	$(PY) benchmarks/attack_decoder.py

@@ -7,7 +7,8 @@ the saved 8-bit PNG.
 __version__ = "0.1.0"
 
 # The public API, imported on first use so that `import faceveil` stays light (no torch).
-_API = {"protect": "api", "recover": "api", "inspect": "api", "Protected": "api", "Recovered": "api",
+_API = {"protect": "api", "recover": "api", "anonymize": "api", "inspect": "api", "Protected": "api",
+        "Recovered": "api", "Anonymized": "api",
         "FaceInfo": "api", "load_model": "models.zoo", "available_models": "models.zoo",
         "VEILS": "obfuscate", "apply_veil": "obfuscate", "FaceveilError": "errors",
         "WrongPasswordError": "errors"}

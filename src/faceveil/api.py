@@ -9,8 +9,10 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import logging
+import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,17 +23,17 @@ import numpy as np
 from . import __version__
 from .detect import get_detector
 from .detect.base import Face
-from .detect.geometry import DEFAULT_MARGIN, CropBox, order_faces
+from .detect.geometry import DEFAULT_MARGIN, CropBox, box_iou, check_box, crops_overlap, order_faces
 from .errors import ContainerError, ImageError, ModelError, UsageError, WrongPasswordError
 from .io import container as ct
-from .io.image import LoadedImage, read_image, write_image
+from .io.image import LoadedImage, read_image, read_image_bytes, write_image
 from .keys import DEFAULT_KDF, MasterKey, derive_master_key, new_salt
 from .models.zoo import LoadedModel, load_model
 from .pipeline import FacePlan, plan_faces, protect_array, recover_array
 
 log = logging.getLogger(__name__)
 
-ImageLike = str | Path | np.ndarray | Any  # Any: a PIL.Image.Image
+ImageLike = str | Path | bytes | np.ndarray | LoadedImage | Any  # Any: a PIL.Image.Image
 
 
 @dataclass
@@ -51,15 +53,35 @@ class FaceInfo:
 
 
 @dataclass
+class KeptFace:
+    """A found face left visible on request (``keep_faces`` / ``keep_boxes`` of :func:`protect`):
+    not veiled, not in the record. ``index`` is its number among all the faces found, i.e. the
+    ``index`` it would have had without ``keep_*`` (the number ``keep_faces`` refers to)."""
+
+    index: int
+    box: tuple[float, float, float, float]
+    crop: CropBox
+    score: float
+    reason: str  # "keep_faces" or "keep_boxes"
+
+    def to_dict(self) -> dict:
+        return {"index": self.index, "box": [round(v, 1) for v in self.box], "score": round(self.score, 4),
+                "reason": self.reason}
+
+
+@dataclass
 class Protected:
     """The result of :func:`protect`. ``image`` is the protected RGB (uint8 H×W×3); ``alpha`` the
-    untouched alpha channel, if any; ``record`` the metadata the PNG must carry for recovery."""
+    untouched alpha channel, if any; ``record`` the metadata the PNG must carry for recovery;
+    ``faces`` the veiled faces (numbered 0, 1, ... as in the record); ``kept`` the faces left
+    visible on request."""
 
     image: np.ndarray
     alpha: np.ndarray | None
     record: ct.Record
     faces: list[FaceInfo]
     icc_profile: bytes | None = None
+    kept: list[KeptFace] = field(default_factory=list)
 
     def save(self, path: str | Path, *, overwrite: bool = False) -> Path:
         """Write the protected PNG (atomically). Any other format is refused: a lossy one would
@@ -71,6 +93,13 @@ class Protected:
         write_image(path, self.image, self.alpha, text=text, icc_profile=self.icc_profile, format=fmt,
                     overwrite=overwrite)
         return Path(path)
+
+    def to_bytes(self) -> bytes:
+        """The protected PNG, with its record, encoded in memory."""
+        from .io.image import encode_image
+
+        return encode_image(self.image, self.alpha, format="PNG", text=ct.embed({}, self.record),
+                            icc_profile=self.icc_profile)
 
     def to_pil(self):
         from PIL import Image
@@ -104,14 +133,24 @@ class Recovered:
 
     to_pil = Protected.to_pil
 
+    def to_bytes(self, format: str = "PNG") -> bytes:
+        """The recovered image encoded in memory (PNG by default)."""
+        from .io.image import encode_image
+
+        return encode_image(self.image, self.alpha, format=format, icc_profile=self.icc_profile)
+
 
 # -- inputs ---------------------------------------------------------------------------------------
 
 def _load(image: ImageLike) -> LoadedImage:
-    """Files go through :func:`read_image` (EXIF orientation, modes, limits); PIL images and
-    arrays are converted the same way."""
+    """Files go through :func:`read_image` (EXIF orientation, modes, limits), encoded bytes (an
+    upload) through :func:`read_image_bytes`; PIL images and arrays are converted the same way."""
+    if isinstance(image, LoadedImage):
+        return image
     if isinstance(image, (str, Path)):
         return read_image(image)
+    if isinstance(image, (bytes, bytearray, memoryview)):
+        return read_image_bytes(bytes(image), name="the upload")
     if isinstance(image, np.ndarray):
         return LoadedImage.from_array(image)
     try:
@@ -150,23 +189,66 @@ def _faces_from_boxes(boxes: Sequence[Sequence[float]]) -> list[Face]:
     return out
 
 
+#: A found face whose box overlaps a ``keep_boxes`` box with at least this IoU (or whose centre lies
+#: inside it) is left visible.
+KEEP_IOU = 0.3
+
+
+def _check_keep(keep_faces, keep_boxes) -> tuple[list[int], list[tuple[float, float, float, float]]]:
+    faces: list[int] = []
+    for i in keep_faces or ():
+        if isinstance(i, bool) or not isinstance(i, (int, np.integer)) or i < 0:
+            raise UsageError(f"keep_faces takes face indices (integers >= 0), got {i!r}")
+        faces.append(int(i))
+    boxes = [check_box(b) for b in (keep_boxes or ())]
+    return faces, boxes
+
+
+def keep_box_matches(box: Sequence[float], keep: Sequence[float], min_iou: float = KEEP_IOU) -> bool:
+    """Whether a found face ``box`` is the one a keep box ``keep`` designates: IoU >= ``min_iou``,
+    or the face box's centre lies inside ``keep``."""
+    cx, cy = (box[0] + box[2]) / 2, (box[1] + box[3]) / 2
+    return keep[0] <= cx < keep[2] and keep[1] <= cy < keep[3] or box_iou(box, keep) >= min_iou
+
+
+def _split_kept(plans: list[FacePlan], keep_faces: list[int], keep_boxes: list[tuple[float, float, float, float]],
+                w: int, h: int) -> tuple[list[FacePlan], list[KeptFace]]:
+    """The plans to veil (renumbered 0, 1, ...) and the faces to leave visible."""
+    veiled: list[tuple[int, FacePlan]] = []
+    kept: list[KeptFace] = []
+    for p in plans:
+        reason = ("keep_faces" if p.index in keep_faces else
+                  "keep_boxes" if any(keep_box_matches(p.box, k) for k in keep_boxes) else None)
+        if reason:
+            kept.append(KeptFace(p.index, p.box, p.crop, p.score, reason))
+        else:
+            veiled.append((p.index, p))
+    for i in sorted(set(keep_faces)):
+        if i >= len(plans):
+            log.warning("keep_faces: there is no face %d (%d found, numbered from 0); nothing kept for it",
+                        i, len(plans))
+    for k in kept:  # a veiled neighbour's crop changes the pixels it shares with a kept face
+        x0, y0 = min(max(0, int(k.box[0])), w - 1), min(max(0, int(k.box[1])), h - 1)
+        kb = CropBox(x0, y0, max(x0 + 1, min(w, math.ceil(k.box[2]))), max(y0 + 1, min(h, math.ceil(k.box[3]))))
+        for orig, p in veiled:
+            if crops_overlap(kb, p.crop):
+                log.warning("face %d is kept visible, but the crop of veiled face %d overlaps its box: "
+                            "the pixels they share are changed", k.index, orig)
+    out = [dataclasses.replace(p, index=j) for j, (_, p) in enumerate(veiled)]
+    return out, kept
+
+
 # -- protect --------------------------------------------------------------------------------------
 
-def protect(image: ImageLike, password: str | bytes, *, veil: str = "blur", veil_params: dict | None = None,
-            model: str | LoadedModel | None = None, detector: str = "yunet", boxes: Sequence | None = None,
-            margin: float = DEFAULT_MARGIN, threshold: float | None = None, min_face: int | None = None,
-            kdf: dict | None = None, progress: Callable[[int], None] | None = None) -> Protected:
-    """Veil every face in ``image`` and hide the originals, keyed by ``password``.
+def _plans(img: LoadedImage, veil: str, veil_params: dict | None, strength: float, detector: str,
+           boxes: Sequence | None, margin: float, threshold: float | None, min_face: int | None,
+           keep_idx: list[int], keep_bx: list, seed: int | None) -> tuple[list[FacePlan], list[KeptFace]]:
+    """Detection (or the given boxes), ordering, crops, veil parameters and the faces kept visible:
+    what :func:`protect` and :func:`anonymize` share."""
+    import random
 
-    ``boxes`` (``[(x0, y0, x1, y1), ...]``) replaces detection. ``veil_params`` override the veil's
-    defaults (which scale with each face's crop). ``kdf`` overrides the scrypt parameters (stored
-    in the file). Returns a :class:`Protected`; call ``.save("out.png")``.
-    """
-    img = _load(image)
-    if ct.extract(img.text) is not None:
-        raise UsageError("this image is already protected by faceveil; recover it first "
-                         "(protecting twice would lose the first password's faces)")
-    lm = model if isinstance(model, LoadedModel) else load_model(model)
+    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, (int, np.integer))):
+        raise UsageError(f"seed must be an integer, got {seed!r}")
     h, w = img.rgb.shape[:2]
     if boxes is not None:
         faces = _faces_from_boxes(boxes)
@@ -177,7 +259,49 @@ def protect(image: ImageLike, password: str | bytes, *, veil: str = "blur", veil
         if min_face is not None:
             opts["min_size"] = float(min_face)
         faces = get_detector(detector, **opts).detect(img.rgb)
-    plans = plan_faces(w, h, order_faces(faces), veil, veil_params, margin)
+    rng = random.Random(int(seed)) if seed is not None else None
+    plans = plan_faces(w, h, order_faces(faces), veil, veil_params, margin, strength, rng)
+    kept: list[KeptFace] = []
+    if keep_idx or keep_bx:
+        plans, kept = _split_kept(plans, keep_idx, keep_bx, w, h)
+    return plans, kept
+
+
+def protect(image: ImageLike, password: str | bytes, *, veil: str = "blur", veil_params: dict | None = None,
+            model: str | LoadedModel | None = None, detector: str = "yunet", boxes: Sequence | None = None,
+            margin: float = DEFAULT_MARGIN, threshold: float | None = None, min_face: int | None = None,
+            kdf: dict | None = None, progress: Callable[[int], None] | None = None,
+            strength: float = 1.0, keep_faces: Sequence[int] | None = None,
+            keep_boxes: Sequence | None = None, seed: int | None = None) -> Protected:
+    """Veil every face in ``image`` and hide the originals, keyed by ``password``.
+
+    ``boxes`` (``[(x0, y0, x1, y1), ...]``) replaces detection. ``veil_params`` override the veil's
+    defaults (which scale with each face's crop); ``strength`` (0.25-4) scales those defaults.
+    ``kdf`` overrides the scrypt parameters (stored in the file). ``seed`` fixes what a veil draws
+    per face (the cartoon sticker); without it each run draws afresh. Returns a
+    :class:`Protected`; call ``.save("out.png")``.
+
+    ``keep_faces`` (indices into the faces found, numbered as ``protect`` numbers them without
+    ``keep_*``: raster order, from 0) and ``keep_boxes`` (``[(x0, y0, x1, y1), ...]``: a found face
+    whose box overlaps one with IoU >= :data:`KEEP_IOU`, or whose centre lies inside one) are left
+    visible: not veiled, not in the record, pixels untouched unless a veiled neighbour's crop
+    overlaps them (logged as a warning). They are in ``Protected.kept``; the veiled faces are
+    renumbered 0, 1, .... An index with no face is a logged warning, not an error (nothing extra
+    is left visible).
+    """
+    keep_idx, keep_bx = _check_keep(keep_faces, keep_boxes)
+    img = _load(image)
+    if ct.extract(img.text) is not None:
+        raise UsageError("this image is already protected by faceveil; recover it first "
+                         "(protecting twice would lose the first password's faces)")
+    lm = model if isinstance(model, LoadedModel) else load_model(model)
+    h, w = img.rgb.shape[:2]
+    plans, kept = _plans(img, veil, veil_params, strength, detector, boxes, margin, threshold, min_face,
+                         keep_idx, keep_bx, seed)
+    trained = lm.trained_veils
+    if plans and trained is not None and veil not in trained:
+        log.warning("model %s was not trained with the %r veil (only %s): the faces will come back "
+                    "less exactly than with those", lm.name, veil, ", ".join(trained))
     salt = new_salt()
     kdf_params = dict(kdf or DEFAULT_KDF)
     master = derive_master_key(password, salt, kdf_params) if lm.keyed else None
@@ -197,7 +321,63 @@ def protect(image: ImageLike, password: str | bytes, *, veil: str = "blur", veil
     )
     if master is not None:
         record = record.with_mac(_mac_key(master))
-    return Protected(out, img.alpha, record, infos, img.info.get("icc_profile"))
+    return Protected(out, img.alpha, record, infos, img.info.get("icc_profile"), kept)
+
+
+# -- anonymize ------------------------------------------------------------------------------------
+
+@dataclass
+class Anonymized:
+    """The result of :func:`anonymize`: the veiled RGB (uint8 H×W×3), the untouched alpha, the faces
+    veiled and those kept visible. Nothing of the original faces is kept: this cannot be undone."""
+
+    image: np.ndarray
+    alpha: np.ndarray | None
+    faces: list[FaceInfo]
+    kept: list[KeptFace] = field(default_factory=list)
+    icc_profile: bytes | None = None
+
+    def save(self, path: str | Path, *, overwrite: bool = False) -> Path:
+        """Write the image (any writable format: nothing is hidden in it; no EXIF or GPS is
+        carried over), atomically."""
+        from .io.image import output_format_for
+
+        fmt = output_format_for(path, lossless_only=False)
+        write_image(path, self.image, self.alpha, icc_profile=self.icc_profile, format=fmt, overwrite=overwrite)
+        return Path(path)
+
+    def to_bytes(self, format: str = "PNG") -> bytes:
+        from .io.image import encode_image
+
+        return encode_image(self.image, self.alpha, format=format, icc_profile=self.icc_profile)
+
+    to_pil = Protected.to_pil
+
+
+def anonymize(image: ImageLike, *, veil: str = "blur", veil_params: dict | None = None, strength: float = 1.0,
+              seed: int | None = None, detector: str = "yunet", boxes: Sequence | None = None,
+              margin: float = DEFAULT_MARGIN, threshold: float | None = None, min_face: int | None = None,
+              keep_faces: Sequence[int] | None = None, keep_boxes: Sequence | None = None,
+              progress: Callable[[int], None] | None = None) -> Anonymized:
+    """Veil every face in ``image`` for good: the same detection, crops and veils as
+    :func:`protect`, but no network, no password and no record — the originals are gone.
+
+    A protected image is refused (anonymizing it would destroy the hidden faces of its owner).
+    ``seed`` makes what a veil draws per face reproducible (the cartoon sticker); without it every
+    run draws afresh.
+    """
+    from .pipeline import anonymize_array
+
+    keep_idx, keep_bx = _check_keep(keep_faces, keep_boxes)
+    img = _load(image)
+    if ct.extract(img.text) is not None:
+        raise UsageError("this image is protected by faceveil; recover it first (anonymizing it would "
+                         "destroy the hidden faces)")
+    plans, kept = _plans(img, veil, veil_params, strength, detector, boxes, margin, threshold, min_face,
+                         keep_idx, keep_bx, seed)
+    out, done = anonymize_array(img.rgb, plans, progress)
+    infos = [FaceInfo(p.index, p.box, p.crop, p.score, p.veil, p.params) for p in done]
+    return Anonymized(out, img.alpha, infos, kept, img.info.get("icc_profile"))
 
 
 # -- recover --------------------------------------------------------------------------------------
@@ -265,5 +445,5 @@ def inspect(image: ImageLike) -> dict:
     return rec.to_dict()
 
 
-__all__ = ["protect", "recover", "inspect", "Protected", "Recovered", "FaceInfo", "FacePlan",
-           "ImageError"]
+__all__ = ["protect", "recover", "anonymize", "inspect", "Protected", "Recovered", "Anonymized", "FaceInfo",
+           "KeptFace", "FacePlan", "ImageError", "KEEP_IOU", "keep_box_matches"]

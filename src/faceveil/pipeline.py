@@ -15,6 +15,7 @@ gives the same result as a single pass.
 from __future__ import annotations
 
 import logging
+import random
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -27,6 +28,7 @@ from .models.zoo import LoadedModel
 from .nn.haar import dwt, iwt
 from .nn.tiling import tiled_apply
 from .obfuscate import apply_veil, get_veil
+from .obfuscate.registry import check_strength
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +45,7 @@ class FacePlan:
     score: float = 1.0
     veil: str = "blur"
     params: dict = field(default_factory=dict)
+    strength: float = 1.0
 
 
 def to_tensor(a: np.ndarray) -> torch.Tensor:
@@ -77,7 +80,7 @@ def protect_face(crop_rgb: np.ndarray, plan: FacePlan, master: MasterKey | None,
         raise ShapeError(f"face crops must have even sides, got {w}×{h}")
     x = to_tensor(crop_rgb)
     with torch.inference_mode():
-        y, params = apply_veil(x, plan.veil, plan.params)
+        y, params = apply_veil(x, plan.veil, plan.params, strength=plan.strength)
     k = _secret_map(master, plan.index, h, w, model)
     net = model.net
     if k is None:
@@ -105,18 +108,31 @@ def recover_face(crop_rgb: np.ndarray, index: int, master: MasterKey | None, mod
 
 
 def plan_faces(image_w: int, image_h: int, faces: list, veil: str, params: dict | None,
-               margin: float) -> list[FacePlan]:
+               margin: float, strength: float = 1.0, rng: random.Random | None = None) -> list[FacePlan]:
     """Turn detections (in processing order) into plans with crops; faces whose crop would be
-    smaller than the minimum are skipped with a log line."""
-    get_veil(veil)
+    smaller than the minimum are skipped with a log line.
+
+    A veil with an ``identity`` hook (what replaces the face) draws it per face from ``rng`` (a
+    fresh, unseeded generator when ``None``); one with a ``place`` hook takes its geometry from the
+    face's landmarks when the detector gave them. Explicit ``params`` override both."""
+    v = get_veil(veil)
+    strength = check_strength(strength)
+    rng = rng if rng is not None else random.Random()
     plans: list[FacePlan] = []
     for f in faces:
         crop = face_crop(f.box, image_w, image_h, margin=margin)
         if crop is None:
             log.warning("skipping a face at %s: its crop is too small", [round(v) for v in f.box])
             continue
-        plans.append(FacePlan(len(plans), tuple(float(v) for v in f.box), crop, float(f.score), veil,
-                              dict(params or {})))
+        p: dict = {}
+        if v.identity is not None:
+            p.update(v.identity(rng))
+        landmarks = getattr(f, "landmarks", None)
+        if v.place is not None and landmarks is not None:
+            p.update(v.place(np.asarray(landmarks, np.float64) - [crop.x0, crop.y0], crop.width, crop.height))
+        p.update(params or {})
+        plans.append(FacePlan(len(plans), tuple(float(x) for x in f.box), crop, float(f.score), veil, p,
+                              strength))
     return plans
 
 
@@ -130,6 +146,23 @@ def protect_array(rgb: np.ndarray, plans: list[FacePlan], master: MasterKey | No
         patch, params = protect_face(extract(out, plan.crop), plan, master, model)
         out = paste(out, plan.crop, patch)
         done.append(FacePlan(plan.index, plan.box, plan.crop, plan.score, plan.veil, params))
+        if progress:
+            progress(1)
+    return out, done
+
+
+def anonymize_array(rgb: np.ndarray, plans: list[FacePlan], progress=None) -> tuple[np.ndarray, list[FacePlan]]:
+    """Veil every planned face in order and nothing else: the irreversible ``faceveil anonymize``
+    (no network, no key; the original faces are not kept anywhere). Returns a new array and the
+    plans with concrete veil parameters; ``rgb`` is not modified."""
+    out = rgb
+    done: list[FacePlan] = []
+    for plan in plans:
+        x = to_tensor(extract(out, plan.crop))
+        with torch.inference_mode():
+            y, params = apply_veil(x, plan.veil, plan.params, strength=plan.strength)
+        out = paste(out, plan.crop, to_uint8(y))
+        done.append(FacePlan(plan.index, plan.box, plan.crop, plan.score, plan.veil, params, plan.strength))
         if progress:
             progress(1)
     return out, done

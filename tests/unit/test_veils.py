@@ -16,6 +16,14 @@ from faceveil.obfuscate import VEILS, apply_veil, get_veil
 from faceveil.obfuscate.registry import REFERENCE_SIZE
 
 ALL_VEILS = sorted(VEILS)
+#: The filter veils of PRO-Face S (size-scaled parameters, an ellipse/square region); the cartoon
+#: veil's parameters are fractions of the crop and it draws its own round sticker.
+FILTERS = ["blur", "median", "pixelate"]
+
+
+def with_region(name: str, region: str) -> dict:
+    """``{"region": region}`` for the veils that have that parameter, ``{}`` for the others."""
+    return {"region": region} if "region" in get_veil(name).defaults(112) else {}
 GROUP_JPG = Path(__file__).resolve().parents[2] / "examples" / "group.jpg"
 # A face crop of examples/group.jpg (the astronaut; the crop the pipeline chooses for her face).
 FACE_CROP = (190, 134, 340, 284)
@@ -75,7 +83,7 @@ def test_deterministic(name, face):
     assert p1 == p2
     assert torch.equal(y1, y2)
     # also with explicit (non-default) parameters and the square region
-    params = {**get_veil(name).sample(random.Random(3), 150), "region": "square"}
+    params = {**get_veil(name).sample(random.Random(3), 150), **with_region(name, "square")}
     assert torch.equal(apply_veil(face, name, params)[0], apply_veil(face, name, params)[0])
 
 
@@ -120,7 +128,7 @@ def test_batch_items_are_veiled_independently(name):
 def test_does_not_mutate_its_input(name, region, face):
     x = face.clone()
     before = x.clone()
-    y, _ = apply_veil(x, name, {"region": region})
+    y, _ = apply_veil(x, name, with_region(name, region))
     assert torch.equal(x, before)
     assert y.data_ptr() != x.data_ptr()
     y.fill_(0.5)  # the output is not a view of the input either
@@ -137,7 +145,7 @@ def test_works_with_autograd_without_touching_the_input(name):
         assert x.grad is not None and torch.isfinite(x.grad).all()
 
 
-@pytest.mark.parametrize("name", ALL_VEILS)
+@pytest.mark.parametrize("name", FILTERS)
 def test_parameters_scale_with_face_size(name):
     v = get_veil(name)
     ref = numeric(v.defaults(REFERENCE_SIZE))
@@ -156,7 +164,7 @@ def test_parameters_scale_with_face_size(name):
         assert values == sorted(values) and values[-1] > values[0], (k, values)
 
 
-@pytest.mark.parametrize("name", ALL_VEILS)
+@pytest.mark.parametrize("name", FILTERS)
 def test_apply_picks_the_parameters_of_the_crop_size(name):
     small = apply_veil(textured(56, 56), name)[1]
     large = apply_veil(textured(224, 224), name)[1]
@@ -176,7 +184,7 @@ def test_paper_settings_at_112_px():
 @pytest.mark.parametrize("name", ALL_VEILS)
 @pytest.mark.parametrize("region", ["ellipse", "square"])
 def test_changes_the_face_visibly(name, region, face):
-    y, _ = apply_veil(face, name, {"region": region})
+    y, _ = apply_veil(face, name, with_region(name, region))
     assert psnr(y, face) < VISIBLE_CEILING_DB
     # the face in the middle of the crop is what must be hidden: it is changed most
     c = slice(40, 110)
@@ -190,7 +198,7 @@ def test_changes_a_large_face_visibly(name, face):
     assert psnr(y, big) < VISIBLE_CEILING_DB
 
 
-@pytest.mark.parametrize("name", ALL_VEILS)
+@pytest.mark.parametrize("name", FILTERS)
 def test_ellipse_keeps_the_corners_and_square_does_not(name, face):
     ye, _ = apply_veil(face, name)
     ys, _ = apply_veil(face, name, {"region": "square"})
@@ -201,7 +209,7 @@ def test_ellipse_keeps_the_corners_and_square_does_not(name, face):
     assert not torch.equal(ys[..., :k, :k], face[..., :k, :k])
 
 
-@pytest.mark.parametrize("name", ALL_VEILS)
+@pytest.mark.parametrize("name", FILTERS)
 def test_constant_image_stays_constant(name):
     x = torch.full((1, 3, 40, 40), 0.3)
     y, _ = apply_veil(x, name, {"region": "square"})
@@ -264,7 +272,7 @@ def test_rejects_bad_images_with_a_faceveil_error(name, bad):
         apply_veil(bad, name)
 
 
-@pytest.mark.parametrize("name", ALL_VEILS)
+@pytest.mark.parametrize("name", FILTERS)
 def test_partial_parameters_fill_in_the_rest(name):
     v = get_veil(name)
     _, full = apply_veil(textured(112, 112), name, {"region": "square"})
@@ -274,7 +282,7 @@ def test_partial_parameters_fill_in_the_rest(name):
     assert full[k] == 5 and full["region"] == "ellipse"
 
 
-@pytest.mark.parametrize("name", ALL_VEILS)
+@pytest.mark.parametrize("name", FILTERS)
 def test_stronger_parameters_hide_more(name, face):
     v = get_veil(name)
     k = "sigma" if name == "blur" else next(iter(numeric(v.defaults(150))))
@@ -283,3 +291,92 @@ def test_stronger_parameters_hide_more(name, face):
     p_weak = psnr(apply_veil(face, name, {**weak, "region": "square"})[0], face)
     p_strong = psnr(apply_veil(face, name, {**strong, "region": "square"})[0], face)
     assert p_strong < p_weak
+
+
+def test_strength_scales_the_size_defaults():
+    import torch
+
+    from faceveil.errors import VeilError
+    from faceveil.obfuscate import VEILS, apply_veil
+
+    x = torch.rand(1, 3, 112, 112, generator=torch.Generator().manual_seed(0))
+    for name, veil in VEILS.items():
+        _, p1 = apply_veil(x, name)
+        _, p2 = apply_veil(x, name, strength=2.0)
+        assert p1 == veil.defaults(112) and p2 == veil.defaults(224), name
+    y1, _ = apply_veil(x, "blur")
+    y2, _ = apply_veil(x, "blur", strength=2.0)
+    # a stronger blur leaves less detail: the mean gradient drops
+    assert y2.diff(dim=-1).abs().mean() < y1.diff(dim=-1).abs().mean()
+    _, explicit = apply_veil(x, "pixelate", {"block": 5}, strength=3.0)
+    assert explicit["block"] == 5  # explicit parameters are taken as given
+    for bad in (0.1, 5, float("nan"), float("inf"), True, "2"):
+        with pytest.raises(VeilError, match="strength"):
+            apply_veil(x, "blur", strength=bad)
+
+
+# -- cartoon ---------------------------------------------------------------------------------------
+
+def test_cartoon_designs_are_distinct_and_cached():
+    from faceveil.obfuscate.cartoon import N_STICKERS, design, render
+
+    assert N_STICKERS >= 100
+    assert len({design(i) for i in range(N_STICKERS)}) == N_STICKERS
+    a = render(0, 64)
+    assert a.shape == (64, 64, 4) and a.dtype == np.float32 and 0 <= a.min() and a.max() <= 1
+    assert render(0, 64) is a  # cached
+    # a round sticker: opaque centre, transparent corners
+    assert a[32, 32, 3] > 0.99 and a[0, 0, 3] == 0
+    looks = {render(i, 48).tobytes() for i in range(0, N_STICKERS, 7)}
+    assert len(looks) == len(range(0, N_STICKERS, 7))
+    with pytest.raises(VeilError):
+        design(N_STICKERS)
+
+
+def test_cartoon_covers_the_inner_face_and_keeps_the_corners(face):
+    y, p = apply_veil(face, "cartoon")
+    assert p == get_veil("cartoon").defaults(150)
+    c = slice(50, 100)  # eyes, nose and mouth lie here in the FACE_CROP of the astronaut
+    assert psnr(y[..., c, c], face[..., c, c]) < 15
+    assert torch.equal(y[..., :8, :8], face[..., :8, :8])
+
+
+def test_cartoon_moves_scales_and_rotates(face):
+    base = apply_veil(face, "cartoon")[0]
+    for change in ({"cx": 0.3}, {"cy": 0.7}, {"scale": 0.4}, {"angle": 30.0}, {"sticker": 17}):
+        assert not torch.equal(apply_veil(face, "cartoon", change)[0], base), change
+    small = apply_veil(face, "cartoon", {"scale": 0.3})[0]
+    changed = (small - face).abs().sum(1)[0] > 1e-4
+    ys, xs = torch.nonzero(changed, as_tuple=True)
+    assert ys.float().mean().sub(0.52 * 150).abs() < 3 and xs.float().mean().sub(75).abs() < 3
+    assert changed.sum() < 0.1 * 150 * 150  # a 0.3-crop disc covers ~7 % of the crop
+    # a quarter turn of a sticker whose design is symmetric only left-right moves its features
+    turned = apply_veil(face, "cartoon", {"angle": 90.0})[0]
+    assert psnr(turned, base) < 25
+
+
+@pytest.mark.parametrize("params", [
+    {"sticker": -1}, {"sticker": 10_000}, {"sticker": 1.5}, {"sticker": "a"}, {"scale": 0.0},
+    {"scale": 10.0}, {"cx": float("nan")}, {"angle": float("inf")}, {"cy": 5.0}, {"region": "square"},
+])
+def test_cartoon_rejects_bad_parameters(params, face):
+    with pytest.raises(VeilError):
+        apply_veil(face, "cartoon", params)
+
+
+def test_cartoon_placement_follows_the_landmarks():
+    from faceveil.obfuscate.cartoon import placement
+
+    # a frontal face in a 200 px crop: eyes at y=80, mouth at y=130, inter-ocular 60 px
+    lm = np.array([[70, 80], [130, 80], [100, 105], [78, 130], [122, 130]], float)
+    p = placement(lm, 200, 200)
+    assert abs(p["cx"] - 0.5) < 1e-3 and abs(p["angle"]) < 1e-6
+    assert 0.45 < p["cy"] < 0.55 and abs(p["scale"] - 2.6 * 60 / 200) < 1e-3
+    # the same face turned 20 degrees counter-clockwise in the image (y grows downwards)
+    t = math.radians(20)
+    rot = np.array([[math.cos(t), math.sin(t)], [-math.sin(t), math.cos(t)]])
+    turned = (lm - 100) @ rot.T + 100
+    q = placement(turned, 200, 200)
+    assert abs(q["angle"] - 20) < 0.1 and abs(q["scale"] - p["scale"]) < 1e-3
+    # shifted right by 30 px
+    assert abs(placement(lm + [30, 0], 200, 200)["cx"] - 0.65) < 1e-3

@@ -12,7 +12,7 @@ import json
 import logging
 import os
 import sys
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from pathlib import Path
 
 from .. import __version__
@@ -114,48 +114,11 @@ def output_path(src: Path, rel: Path, args: argparse.Namespace, tag: str, n_inpu
     return src.with_name(name)
 
 
-def _progress_bar(total: int, quiet: bool, desc: str):
-    if quiet or total <= 0:
-        return None
-    try:
-        from tqdm import tqdm
-    except ImportError:  # pragma: no cover
-        return None
-    return tqdm(total=total, desc=desc, unit="file", file=sys.stderr, leave=False,
-                disable=not sys.stderr.isatty() and os.environ.get("FACEVEIL_PROGRESS") != "1")
-
-
 def _check_io_args(args: argparse.Namespace, files: list) -> None:
     if args.output and args.out_dir:
         raise UsageError("give either -o/--output or --out-dir, not both")
     if args.output and len(files) != 1:
         raise UsageError(f"-o/--output names one file but there are {len(files)} inputs; use --out-dir")
-
-
-def _run_batch(args: argparse.Namespace, command: str, files: list[tuple[Path, Path]],
-               work: Callable[[Path, Path], dict]) -> int:
-    bar = _progress_bar(len(files), args.quiet, command)
-    results, codes = [], []
-    for src, rel in files:
-        try:
-            res = work(src, rel)
-            res.update(input=str(src), status="ok")
-            codes.append(0)
-        except FaceveilError as e:
-            res = {"input": str(src), "status": "error", "error": str(e), "exit_code": e.exit_code}
-            codes.append(e.exit_code)
-            _say_error(f"{src}: {e}")
-        results.append(res)
-        if bar:
-            bar.update(1)
-    if bar:
-        bar.close()
-    failed = [c for c in codes if c]
-    code = 0 if not failed else (3 if all(c == 3 for c in failed) else (2 if all(c == 2 for c in failed) else 1))
-    if args.json:
-        print(json.dumps({"command": command, "version": __version__, "ok": len(codes) - len(failed),
-                          "failed": len(failed), "files": results}, indent=None))
-    return code
 
 
 def _say_error(msg: str) -> None:
@@ -209,24 +172,9 @@ def _inputs(args: argparse.Namespace, lossless_only: bool) -> list[tuple[Path, P
     return files
 
 
-def _destination(src: Path, rel: Path, args: argparse.Namespace, suffix: str, n: int,
-                 lossless_only: bool) -> Path:
-    """Where ``src``'s result goes; refuses to overwrite the input, or an existing file without
-    ``--overwrite``, before any work is done."""
-    from ..io.image import output_format_for, same_file
-
-    dst = output_path(src, rel, args, suffix, n)
-    output_format_for(dst, lossless_only=lossless_only)
-    if dst.exists() and same_file(dst, src):
-        raise UsageError(f"the output {dst} is the input; faceveil never overwrites an original")
-    if dst.exists() and not args.overwrite:
-        raise UsageError(f"{dst} exists; choose another name or pass --overwrite")
-    return dst
-
-
 def cmd_protect(args: argparse.Namespace) -> int:
-    from .. import api
     from ..models import load_model
+    from . import batch
 
     files = _inputs(args, lossless_only=True)
     params = _parse_params(args.veil_param)
@@ -234,38 +182,45 @@ def cmd_protect(args: argparse.Namespace) -> int:
     from ..obfuscate import get_veil
 
     get_veil(args.veil)
+    keep = batch.KeepBoxes(args.keep_boxes) if args.keep_boxes else None
+    if args.report:
+        batch.check_report_path(args.report, files)
     model = load_model(args.model)
     password = read_password(args, confirm=True)
-
-    def work(src: Path, rel: Path) -> dict:
-        dst = _destination(src, rel, args, "veiled", len(files), lossless_only=True)
-        res = api.protect(src, password, veil=args.veil, veil_params=params, model=model, boxes=boxes,
-                          margin=args.margin, threshold=args.threshold, min_face=args.min_face)
-        if not res.faces:
-            log.warning("%s: no face found; copied through unchanged", src)
-        dst.parent.mkdir(parents=True, exist_ok=True)
-        res.save(dst, overwrite=args.overwrite)
-        return {"output": str(dst), "faces": len(res.faces), "model": res.record.model.name,
-                "veil": args.veil, "boxes": [f.to_dict()["box"] for f in res.faces]}
-
-    return _run_batch(args, "protect", files, work)
+    spec = batch.BatchSpec("protect", model=args.model, overwrite=args.overwrite, veil=args.veil,
+                           veil_params=params, strength=getattr(args, "strength", 1.0), boxes=boxes,
+                           margin=args.margin, threshold=args.threshold, min_face=args.min_face,
+                           keep_faces=tuple(sorted(set(args.keep_face or ()))), seed=args.seed)
+    return batch.run_batch(args, spec, files, password, model, keep=keep, lossless_only=True)
 
 
 def cmd_recover(args: argparse.Namespace) -> int:
-    from .. import api
+    from . import batch
 
     files = _inputs(args, lossless_only=False)
+    if args.report:
+        batch.check_report_path(args.report, files)
     password = read_password(args, confirm=False)
+    spec = batch.BatchSpec("recover", model=args.model, overwrite=args.overwrite, force=args.force)
+    return batch.run_batch(args, spec, files, password, args.model, lossless_only=False)
 
-    def work(src: Path, rel: Path) -> dict:
-        dst = _destination(src, rel, args, "recovered", len(files), lossless_only=False)
-        res = api.recover(src, password, force=args.force, model=args.model)
-        dst.parent.mkdir(parents=True, exist_ok=True)
-        res.save(dst, overwrite=args.overwrite)
-        return {"output": str(dst), "faces": len(res.faces), "verified": res.verified,
-                "modified": res.modified}
 
-    return _run_batch(args, "recover", files, work)
+def cmd_anonymize(args: argparse.Namespace) -> int:
+    from ..obfuscate import get_veil
+    from . import batch
+
+    files = _inputs(args, lossless_only=False)
+    params = _parse_params(args.veil_param)
+    boxes = _parse_boxes(args.box)
+    get_veil(args.veil)
+    keep = batch.KeepBoxes(args.keep_boxes) if args.keep_boxes else None
+    if args.report:
+        batch.check_report_path(args.report, files)
+    spec = batch.BatchSpec("anonymize", overwrite=args.overwrite, veil=args.veil, veil_params=params,
+                           strength=args.strength, boxes=boxes, margin=args.margin, threshold=args.threshold,
+                           min_face=args.min_face, keep_faces=tuple(sorted(set(args.keep_face or ()))),
+                           seed=args.seed)
+    return batch.run_batch(args, spec, files, "", None, keep=keep, lossless_only=False)
 
 
 def cmd_inspect(args: argparse.Namespace) -> int:
@@ -311,6 +266,23 @@ def cmd_train(args: argparse.Namespace) -> int:
     return run_train(args)
 
 
+def cmd_serve(args: argparse.Namespace) -> int:
+    from ..web import ServeConfig, serve
+
+    if not 0 < args.port < 65536:
+        raise UsageError(f"--port must be 1-65535, got {args.port}")
+    if args.workers < 1:
+        raise UsageError("--workers must be at least 1")
+    if args.max_upload_mb <= 0 or args.max_megapixels <= 0:
+        raise UsageError("--max-upload-mb and --max-megapixels must be positive")
+    cfg = ServeConfig(model=args.model, workers=args.workers,
+                      max_pending=max(args.max_pending, args.workers),
+                      max_upload_bytes=int(args.max_upload_mb * 1024 * 1024),
+                      max_pixels=int(args.max_megapixels * 1_000_000))
+    serve(args.host, args.port, cfg, log_level="warning" if args.quiet else "info", announce=not args.quiet)
+    return 0
+
+
 def cmd_eval(args: argparse.Namespace) -> int:
     from ..eval.harness import run_eval
 
@@ -324,32 +296,62 @@ def build_parser() -> ArgumentParser:
     p.add_argument("-v", "--verbose", action="store_true", help="log more (to stderr)")
     sub = p.add_subparsers(dest="command", metavar="COMMAND", parser_class=ArgumentParser)
 
-    def io_opts(sp):
+    def io_opts(sp, password: bool = True, model: bool = True):
         sp.add_argument("inputs", nargs="+", metavar="INPUT", help="image files or folders")
         g = sp.add_argument_group("output")
         g.add_argument("-o", "--output", metavar="OUT", help="output file (one input only)")
         g.add_argument("--out-dir", metavar="DIR", help="output folder (mirrors input folders)")
-        g.add_argument("--overwrite", action="store_true", help="replace existing outputs (never an input)")
-        add_password_options(sp)
-        sp.add_argument("--model", metavar="NAME|PATH", help="model name or .safetensors file")
+        x = g.add_mutually_exclusive_group()
+        x.add_argument("--overwrite", action="store_true", help="replace existing outputs (never an input)")
+        x.add_argument("--skip-existing", action="store_true",
+                       help="leave an input whose output exists alone (status 'skipped'): resumes a batch")
+        if password:
+            add_password_options(sp)
+        if model:
+            sp.add_argument("--model", metavar="NAME|PATH", help="model name or .safetensors file")
+        sp.add_argument("-j", "--jobs", type=non_negative_int, default=1, metavar="N",
+                        help="files processed at once, each in its own worker process (default 1; "
+                             "0: one per CPU core)")
         sp.add_argument("--json", action="store_true", help="print one JSON summary on stdout")
-        sp.add_argument("-q", "--quiet", action="store_true", help="no progress bar, no warnings")
+        sp.add_argument("--report", metavar="FILE",
+                        help="write a JSON report of every file (status, faces, veil, errors, time)")
+        sp.add_argument("-q", "--quiet", action="store_true", help="no progress bar, no summary, no warnings")
 
     from ..detect.geometry import DEFAULT_MARGIN
     from ..obfuscate import VEILS
+    from .batch import non_negative_int
+
+    def veil_opts(sp):
+        sp.add_argument("--veil", default="blur", choices=sorted(VEILS), help="the veil (default: blur)")
+        sp.add_argument("--strength", type=float, default=1.0,
+                        help="scale the veil's size-scaled defaults (0.25-4, default 1)")
+        sp.add_argument("--veil-param", action="append", metavar="NAME=VALUE",
+                        help="override a veil parameter (repeatable; see `faceveil veils`)")
+        sp.add_argument("--box", action="append", metavar="x0,y0,x1,y1",
+                        help="veil this box instead of detecting faces (repeatable)")
+        sp.add_argument("--margin", type=float, default=DEFAULT_MARGIN,
+                        help=f"extra border around each face box, as a fraction of its size (default {DEFAULT_MARGIN})")
+        sp.add_argument("--threshold", type=float, help="detection confidence threshold (0-1)")
+        sp.add_argument("--min-face", type=int, help="smallest face to detect, in pixels")
+        sp.add_argument("--keep-face", action="append", type=non_negative_int, metavar="N",
+                        help="leave face N visible (repeatable; numbered from 0 as `protect --json` and "
+                             "`inspect` number them; an N the photo does not have is a warning)")
+        sp.add_argument("--keep-boxes", metavar="FILE",
+                        help="JSON: boxes [[x0,y0,x1,y1], ...] whose faces stay visible in every input, or "
+                             '{"photo.jpg": [[...]], ...} per input; a face matches at IoU >= 0.3 or when '
+                             "its centre lies inside")
+        sp.add_argument("--seed", type=int, help="make what the veil draws per face reproducible (the "
+                        "cartoon sticker); without it every run draws afresh")
 
     sp = sub.add_parser("protect", help="veil the faces; the originals stay hidden in the PNG")
     io_opts(sp)
-    sp.add_argument("--veil", default="blur", choices=sorted(VEILS), help="the veil (default: blur)")
-    sp.add_argument("--veil-param", action="append", metavar="NAME=VALUE",
-                    help="override a veil parameter (repeatable; see `faceveil veils`)")
-    sp.add_argument("--box", action="append", metavar="x0,y0,x1,y1",
-                    help="protect this box instead of detecting faces (repeatable)")
-    sp.add_argument("--margin", type=float, default=DEFAULT_MARGIN,
-                    help=f"extra border around each face box, as a fraction of its size (default {DEFAULT_MARGIN})")
-    sp.add_argument("--threshold", type=float, help="detection confidence threshold (0-1)")
-    sp.add_argument("--min-face", type=int, help="smallest face to detect, in pixels")
+    veil_opts(sp)
     sp.set_defaults(func=cmd_protect)
+
+    sp = sub.add_parser("anonymize", help="veil the faces for good (no password; cannot be undone)")
+    io_opts(sp, password=False, model=False)
+    veil_opts(sp)
+    sp.set_defaults(func=cmd_anonymize)
 
     sp = sub.add_parser("recover", help="lift the veil with the password")
     io_opts(sp)
@@ -374,6 +376,19 @@ def build_parser() -> ArgumentParser:
 
     add_train_arguments(sp)
     sp.set_defaults(func=cmd_train)
+
+    sp = sub.add_parser("serve", help="run the local web app and REST API")
+    sp.add_argument("--host", default="127.0.0.1", help="address to listen on (default: loopback only)")
+    sp.add_argument("--port", type=int, default=8000, help="port (default 8000)")
+    sp.add_argument("--model", metavar="NAME|PATH", help="protection model (default: the shipped default)")
+    sp.add_argument("--workers", type=int, default=1,
+                    help="photos processed at once (default 1; each uses cores/workers threads)")
+    sp.add_argument("--max-pending", type=int, default=64,
+                    help="requests admitted at once, queued or running; more get 503 (default 64)")
+    sp.add_argument("--max-upload-mb", type=float, default=30, help="largest upload in MiB (default 30)")
+    sp.add_argument("--max-megapixels", type=float, default=40, help="largest image in megapixels (default 40)")
+    sp.add_argument("-q", "--quiet", action="store_true", help="log warnings only")
+    sp.set_defaults(func=cmd_serve)
 
     sp = sub.add_parser("eval", help="evaluate a model on a folder of aligned face crops")
     from ..eval.harness import add_eval_arguments

@@ -49,6 +49,8 @@ __all__ = [
     "paste",
     "order_faces",
     "crops_overlap",
+    "check_box",
+    "box_iou",
 ]
 
 #: Smallest crop side (pixels). Three Haar levels need a multiple of 8 to be free of padding; the
@@ -124,6 +126,20 @@ def _check_box(box: Any) -> tuple[float, float, float, float]:
     if not (vals[2] > vals[0] and vals[3] > vals[1]):
         raise UsageError(f"a face box needs x1 > x0 and y1 > y0, got {vals}")
     return vals  # type: ignore[return-value]
+
+
+check_box = _check_box
+
+
+def box_iou(a: Any, b: Any) -> float:
+    """Intersection over union of two float boxes ``(x0, y0, x1, y1)`` (0 when disjoint)."""
+    ax0, ay0, ax1, ay1 = _check_box(a)
+    bx0, by0, bx1, by1 = _check_box(b)
+    iw, ih = min(ax1, bx1) - max(ax0, bx0), min(ay1, by1) - max(ay0, by0)
+    if iw <= 0 or ih <= 0:
+        return 0.0
+    inter = iw * ih
+    return inter / ((ax1 - ax0) * (ay1 - ay0) + (bx1 - bx0) * (by1 - by0) - inter)
 
 
 def _check_margin(margin: float) -> float:

@@ -374,6 +374,9 @@ KEPT_SECTIONS = (
     (BENCH_SECTION, "Speed per face and per photo (benchmarks/bench_speed.py)", "python benchmarks/bench_speed.py"),
     ("attack_decoder", "Attack: a decoder trained with the public weights (benchmarks/attack_decoder.py)",
      "python benchmarks/attack_decoder.py"),
+    ("serve_load", "Web server under load (benchmarks/serve_load.py)", "python benchmarks/serve_load.py"),
+    ("batch_speed", "Batch speed: -j 1 vs -j 2 worker processes (benchmarks/batch_speed.py)",
+     "python benchmarks/batch_speed.py"),
 )
 
 

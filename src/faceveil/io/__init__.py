@@ -25,6 +25,7 @@ from .container import (
 from .image import (
     DEFAULT_MAX_PIXELS,
     LoadedImage,
+    encode_image,
     is_lossless,
     output_format_for,
     read_image,
@@ -35,7 +36,7 @@ from .image import (
 )
 
 __all__ = [
-    "DEFAULT_MAX_PIXELS", "LoadedImage", "is_lossless", "output_format_for", "read_image",
+    "DEFAULT_MAX_PIXELS", "LoadedImage", "encode_image", "is_lossless", "output_format_for", "read_image",
     "read_image_bytes", "same_file", "set_pillow_pixel_limit", "write_image",
     "FORMAT_VERSION", "MAX_FACES", "MAX_RECORD_BYTES", "TEXT_KEY", "FaceEntry", "ImageSize",
     "KdfParams", "ModelRef", "Record", "VeilRef", "canonical_bytes", "compute_mac", "embed",

@@ -540,6 +540,28 @@ def write_image(path: PathLike, rgb: np.ndarray, alpha: np.ndarray | None = None
     return dest
 
 
+def encode_image(rgb: np.ndarray, alpha: np.ndarray | None = None, *, format: str = "PNG",
+                 text: Mapping[str, str] | None = None, icc_profile: bytes | None = None) -> bytes:
+    """Encode to bytes in memory (e.g. an HTTP response): the same encoder settings as
+    :func:`write_image`, nothing touches the disk."""
+    fmt = format.upper()
+    if fmt == "JPG":
+        fmt = "JPEG"
+    if fmt not in set(_WRITABLE.values()):
+        raise UsageError(f"format {format!r} is not supported; use PNG, TIFF, BMP, JPEG or WEBP")
+    if text and fmt != "PNG":
+        raise UsageError("metadata text can only be stored in a PNG")
+    img = _to_pil(rgb, alpha)
+    if img.mode == "RGBA" and fmt not in _ALPHA_FORMATS:
+        img = img.convert("RGB")
+    buf = io.BytesIO()
+    try:
+        img.save(buf, format=fmt, **_save_kwargs(fmt, text, icc_profile))
+    except (OSError, ValueError, TypeError, KeyError, struct.error, zlib.error) as e:
+        raise ImageError(f"cannot encode the image as {fmt}: {e}") from None
+    return buf.getvalue()
+
+
 def _to_pil(rgb: np.ndarray, alpha: np.ndarray | None) -> Image.Image:
     if not isinstance(rgb, np.ndarray) or rgb.dtype != np.uint8 or rgb.ndim != 3 or rgb.shape[2] != 3:
         desc = f"{rgb.dtype} {rgb.shape}" if isinstance(rgb, np.ndarray) else type(rgb).__name__

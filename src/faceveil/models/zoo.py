@@ -35,6 +35,12 @@ class LoadedModel:
     def keyed(self) -> bool:
         return self.net.config.keyed
 
+    @property
+    def trained_veils(self) -> list[str] | None:
+        """The veils this network was trained with (from its manifest entry), ``None`` if unknown."""
+        veils = ((self.info.get("trained") or {}).get("config") or {}).get("data", {}).get("veils")
+        return sorted(set(veils)) if isinstance(veils, list) else None
+
 
 def _weights_dir() -> Path:
     return Path(str(resources.files(WEIGHTS_PACKAGE)))

@@ -33,6 +33,10 @@ class Veil:
     ``apply(x, params)`` takes ``B×3×H×W`` in [0, 1] and returns a new tensor of the same shape.
     ``defaults(size)`` gives the test-setting parameters for a crop of ``size`` pixels;
     ``sample(rng, size)`` draws training parameters.
+    ``place(landmarks, w, h)``, when given, derives geometric parameters from the face's five
+    landmarks in crop pixels (a sticker or a swapped face follows the face); ``identity(rng)``,
+    when given, draws the parameters that choose *what* replaces the face (a sticker design, a
+    donor) — fresh for every face unless the caller seeds ``rng``.
     """
 
     name: str
@@ -41,6 +45,8 @@ class Veil:
     sample: Callable[[random.Random, int], dict]
     summary: str
     param_help: dict[str, str] = field(default_factory=dict)
+    place: Callable[..., dict] | None = None
+    identity: Callable[[random.Random], dict] | None = None
 
 
 VEILS: dict[str, Veil] = {}
@@ -100,13 +106,30 @@ def check_image(x: Tensor) -> None:
         raise VeilError("a veil takes a floating-point tensor in [0, 1]")
 
 
-def apply_veil(x: Tensor, name: str, params: dict | None = None) -> tuple[Tensor, dict]:
+MIN_STRENGTH, MAX_STRENGTH = 0.25, 4.0
+
+
+def check_strength(strength: float) -> float:
+    """``strength`` must be a finite number in [0.25, 4]; returns it as a float."""
+    if isinstance(strength, bool) or not isinstance(strength, numbers.Real) or not math.isfinite(strength) \
+            or not MIN_STRENGTH <= strength <= MAX_STRENGTH:
+        raise VeilError(f"veil strength must be a number from {MIN_STRENGTH} to {MAX_STRENGTH}, got {strength!r}")
+    return float(strength)
+
+
+def apply_veil(x: Tensor, name: str, params: dict | None = None, *,
+               strength: float = 1.0) -> tuple[Tensor, dict]:
     """Veil ``x`` with the named veil. ``params`` may be partial: missing keys take the default
-    for this crop size. Returns the veil and the full, concrete parameter dict (what gets stored)."""
+    for this crop size. Returns the veil and the full, concrete parameter dict (what gets stored).
+
+    ``strength`` (0.25-4, default 1) scales the defaults: they are those of a crop ``strength``
+    times as large, since every default grows with the crop (sigma, kernel, cell size), so the
+    stored parameters stay concrete and each veil's own constraints (odd kernels) hold.
+    Explicit ``params`` are taken as given."""
     check_image(x)
     veil = get_veil(name)
     size = int(min(x.shape[-2:]))
-    full = veil.defaults(size)
+    full = veil.defaults(max(1, int(round(size * check_strength(strength)))))
     if params:
         unknown = set(params) - set(full)
         if unknown:
