@@ -172,25 +172,33 @@ def _inputs(args: argparse.Namespace, lossless_only: bool) -> list[tuple[Path, P
     return files
 
 
-def cmd_protect(args: argparse.Namespace) -> int:
-    from ..models import load_model
+def _veil_batch(args: argparse.Namespace, command: str, lossless_only: bool):
+    """The checks and the :class:`batch.BatchSpec` that protect and anonymize share (veil,
+    parameters, boxes, faces to keep), all made before any work or password prompt."""
+    from ..obfuscate import get_veil
     from . import batch
 
-    files = _inputs(args, lossless_only=True)
+    files = _inputs(args, lossless_only=lossless_only)
     params = _parse_params(args.veil_param)
     boxes = _parse_boxes(args.box)
-    from ..obfuscate import get_veil
-
     get_veil(args.veil)
     keep = batch.KeepBoxes(args.keep_boxes) if args.keep_boxes else None
     if args.report:
         batch.check_report_path(args.report, files)
-    model = load_model(args.model)
-    password = read_password(args, confirm=True)
-    spec = batch.BatchSpec("protect", model=args.model, overwrite=args.overwrite, veil=args.veil,
-                           veil_params=params, strength=getattr(args, "strength", 1.0), boxes=boxes,
+    spec = batch.BatchSpec(command, model=getattr(args, "model", None), overwrite=args.overwrite,
+                           veil=args.veil, veil_params=params, strength=args.strength, boxes=boxes,
                            margin=args.margin, threshold=args.threshold, min_face=args.min_face,
                            keep_faces=tuple(sorted(set(args.keep_face or ()))), seed=args.seed)
+    return files, spec, keep
+
+
+def cmd_protect(args: argparse.Namespace) -> int:
+    from ..models import load_model
+    from . import batch
+
+    files, spec, keep = _veil_batch(args, "protect", lossless_only=True)
+    model = load_model(args.model)
+    password = read_password(args, confirm=True)
     return batch.run_batch(args, spec, files, password, model, keep=keep, lossless_only=True)
 
 
@@ -206,20 +214,9 @@ def cmd_recover(args: argparse.Namespace) -> int:
 
 
 def cmd_anonymize(args: argparse.Namespace) -> int:
-    from ..obfuscate import get_veil
     from . import batch
 
-    files = _inputs(args, lossless_only=False)
-    params = _parse_params(args.veil_param)
-    boxes = _parse_boxes(args.box)
-    get_veil(args.veil)
-    keep = batch.KeepBoxes(args.keep_boxes) if args.keep_boxes else None
-    if args.report:
-        batch.check_report_path(args.report, files)
-    spec = batch.BatchSpec("anonymize", overwrite=args.overwrite, veil=args.veil, veil_params=params,
-                           strength=args.strength, boxes=boxes, margin=args.margin, threshold=args.threshold,
-                           min_face=args.min_face, keep_faces=tuple(sorted(set(args.keep_face or ()))),
-                           seed=args.seed)
+    files, spec, keep = _veil_batch(args, "anonymize", lossless_only=False)
     return batch.run_batch(args, spec, files, "", None, keep=keep, lossless_only=False)
 
 
