@@ -7,7 +7,7 @@ DATA   ?= ../shared/data
 CACHE  := .cache/data
 DEMO_PASSWORD ?= correct horse battery staple
 
-.PHONY: all venv browser test test-all demo data train eval results bench attack load clean
+.PHONY: all venv browser test test-all demo data train eval results bench attack security load clean
 
 all: test
 
@@ -76,6 +76,10 @@ bench: $(STAMP)
 
 load: $(STAMP)
 	$(PY) benchmarks/serve_load.py
+
+# the attack suite (about 45 min on 2 cores): docs/SECURITY.md and docs/results/security.json
+security: $(STAMP) data
+	$(PY) -m faceveil attack
 
 attack: $(STAMP) data
 	$(PY) benchmarks/attack_decoder.py

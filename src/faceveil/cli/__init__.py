@@ -280,6 +280,12 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_attack(args: argparse.Namespace) -> int:
+    from ..attacks.suite import run_attack
+
+    return run_attack(args)
+
+
 def cmd_eval(args: argparse.Namespace) -> int:
     from ..eval.harness import run_eval
 
@@ -386,6 +392,12 @@ def build_parser() -> ArgumentParser:
     sp.add_argument("--max-megapixels", type=float, default=40, help="largest image in megapixels (default 40)")
     sp.add_argument("-q", "--quiet", action="store_true", help="log warnings only")
     sp.set_defaults(func=cmd_serve)
+
+    sp = sub.add_parser("attack", help="run the attack suite against our own scheme (docs/SECURITY.md)")
+    from ..attacks.suite import add_attack_arguments
+
+    add_attack_arguments(sp)
+    sp.set_defaults(func=cmd_attack)
 
     sp = sub.add_parser("eval", help="evaluate a model on a folder of aligned face crops")
     from ..eval.harness import add_eval_arguments
