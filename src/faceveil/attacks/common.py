@@ -132,12 +132,10 @@ def load_probes(faces_dir: str | Path, n: int, seed: int, size: int) -> list[Pro
     """``n`` held-out faces, a seeded sample. In a folder of per-person sub-folders (LFW), people
     with two or more photos come first: the first photo is the probe, the second its gallery entry.
     A flat folder gives probes without other photos."""
+    from ..eval.harness import list_faces
+
     root = Path(faces_dir)
-    if not root.is_dir():
-        raise UsageError(f"--faces: {root} is not a folder")
-    files = sorted(p for p in root.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
-    if not files:
-        raise UsageError(f"no images under {root}")
+    files = list_faces(root)
     by_person: dict[str, list[Path]] = {}
     for p in files:
         person = str(p.parent.relative_to(root)) if p.parent != root else p.stem

@@ -19,6 +19,7 @@ import time
 from pathlib import Path
 
 from ..errors import FaceveilError, UsageError
+from ..eval.report import _json_safe as json_safe
 from . import byproduct, kdf, keyless, known_plaintext, reident, spoofing, wrong_keys
 from .common import DEFAULT_FACES, QUICK_KDF, Context, table
 
@@ -148,7 +149,7 @@ def _run(args: argparse.Namespace) -> int:
     doc = merge(read_results(SECURITY_JSON) if write_docs else None, results, total, ctx.command)
     if json_out is not None:
         json_out.parent.mkdir(parents=True, exist_ok=True)
-        json_out.write_text(json.dumps(_json_safe(doc), indent=1, ensure_ascii=False) + "\n")
+        json_out.write_text(json.dumps(json_safe(doc), indent=1, ensure_ascii=False) + "\n")
         say(f"wrote {json_out}")
     if write_docs:
         SECURITY_MD.parent.mkdir(parents=True, exist_ok=True)
@@ -183,20 +184,6 @@ def merge(old: dict | None, new: dict, seconds: float, command: str) -> dict:
     runs.append({"command": command, "attacks": list(new), "seconds": seconds,
                  "date": next(iter(new.values()))["meta"]["date"] if new else None})
     return {"schema": SCHEMA, "attacks": ordered, "runs": runs[-10:]}
-
-
-def _json_safe(o):
-    import math
-
-    if isinstance(o, dict):
-        return {str(k): _json_safe(v) for k, v in o.items()}
-    if isinstance(o, list | tuple):
-        return [_json_safe(v) for v in o]
-    if isinstance(o, float) and not math.isfinite(o):
-        return None
-    if isinstance(o, bytes):
-        return o.hex()
-    return o
 
 
 STATUS = {"ok": "holds", "finding": "FINDING", "skipped": "skipped"}

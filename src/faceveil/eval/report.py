@@ -103,6 +103,8 @@ def _json_safe(o):
         return [_json_safe(v) for v in o]
     if isinstance(o, float) and not math.isfinite(o):
         return None
+    if isinstance(o, bytes):
+        return o.hex()
     return o
 
 
