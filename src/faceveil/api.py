@@ -26,7 +26,7 @@ from .detect.base import Face
 from .detect.geometry import DEFAULT_MARGIN, CropBox, box_iou, check_box, crops_overlap, order_faces
 from .errors import ContainerError, ImageError, ModelError, UsageError, WrongPasswordError
 from .io import container as ct
-from .io.image import LoadedImage, read_image, read_image_bytes, write_image
+from .io.image import LoadedImage, exif_for_output, read_image, read_image_bytes, write_image
 from .keys import DEFAULT_KDF, MasterKey, derive_master_key, new_salt
 from .models.zoo import LoadedModel, load_model
 from .pipeline import FacePlan, plan_faces, protect_array, recover_array
@@ -74,7 +74,7 @@ class Protected:
     """The result of :func:`protect`. ``image`` is the protected RGB (uint8 H×W×3); ``alpha`` the
     untouched alpha channel, if any; ``record`` the metadata the PNG must carry for recovery;
     ``faces`` the veiled faces (numbered 0, 1, ... as in the record); ``kept`` the faces left
-    visible on request."""
+    visible on request; ``exif`` the EXIF block the PNG carries (``keep_metadata``), else None."""
 
     image: np.ndarray
     alpha: np.ndarray | None
@@ -82,6 +82,7 @@ class Protected:
     faces: list[FaceInfo]
     icc_profile: bytes | None = None
     kept: list[KeptFace] = field(default_factory=list)
+    exif: bytes | None = None
 
     def save(self, path: str | Path, *, overwrite: bool = False) -> Path:
         """Write the protected PNG (atomically). Any other format is refused: a lossy one would
@@ -91,7 +92,7 @@ class Protected:
         fmt = output_format_for(path, lossless_only=True)
         text = ct.embed({}, self.record)
         write_image(path, self.image, self.alpha, text=text, icc_profile=self.icc_profile, format=fmt,
-                    overwrite=overwrite)
+                    overwrite=overwrite, exif=self.exif)
         return Path(path)
 
     def to_bytes(self) -> bytes:
@@ -99,7 +100,7 @@ class Protected:
         from .io.image import encode_image
 
         return encode_image(self.image, self.alpha, format="PNG", text=ct.embed({}, self.record),
-                            icc_profile=self.icc_profile)
+                            icc_profile=self.icc_profile, exif=self.exif)
 
     def to_pil(self):
         from PIL import Image
@@ -122,13 +123,14 @@ class Recovered:
     verified: bool = True
     modified: bool = False
     icc_profile: bytes | None = None
+    exif: bytes | None = None
 
     def save(self, path: str | Path, *, overwrite: bool = False) -> Path:
         from .io.image import output_format_for
 
         fmt = output_format_for(path, lossless_only=False)
         write_image(path, self.image, self.alpha, icc_profile=self.icc_profile, format=fmt,
-                    overwrite=overwrite)
+                    overwrite=overwrite, exif=self.exif)
         return Path(path)
 
     to_pil = Protected.to_pil
@@ -137,7 +139,8 @@ class Recovered:
         """The recovered image encoded in memory (PNG by default)."""
         from .io.image import encode_image
 
-        return encode_image(self.image, self.alpha, format=format, icc_profile=self.icc_profile)
+        return encode_image(self.image, self.alpha, format=format, icc_profile=self.icc_profile,
+                            exif=self.exif)
 
 
 # -- inputs ---------------------------------------------------------------------------------------
@@ -161,6 +164,15 @@ def _load(image: ImageLike) -> LoadedImage:
         return LoadedImage.from_pil(image)
     raise UsageError(f"cannot read an image from a {type(image).__name__}; pass a path, a PIL "
                      "image or a uint8 array")
+
+
+def _kept_exif(img: LoadedImage, keep_metadata: bool) -> bytes | None:
+    """``keep_metadata``: the input's EXIF as an output may carry it (no GPS, no thumbnail,
+    Orientation 1: :func:`faceveil.io.image.exif_for_output`); otherwise None (no EXIF at all)."""
+    if not keep_metadata:
+        return None
+    name = str(img.path) if img.path is not None else "the image"
+    return exif_for_output(img.info.get("exif"), width=img.width, height=img.height, name=name)
 
 
 def _pixels_digest(rgb: np.ndarray, alpha: np.ndarray | None) -> str:
@@ -272,7 +284,8 @@ def protect(image: ImageLike, password: str | bytes, *, veil: str = "blur", veil
             margin: float = DEFAULT_MARGIN, threshold: float | None = None, min_face: int | None = None,
             kdf: dict | None = None, progress: Callable[[int], None] | None = None,
             strength: float = 1.0, keep_faces: Sequence[int] | None = None,
-            keep_boxes: Sequence | None = None, seed: int | None = None) -> Protected:
+            keep_boxes: Sequence | None = None, seed: int | None = None,
+            keep_metadata: bool = False) -> Protected:
     """Veil every face in ``image`` and hide the originals, keyed by ``password``.
 
     ``boxes`` (``[(x0, y0, x1, y1), ...]``) replaces detection. ``veil_params`` override the veil's
@@ -288,6 +301,10 @@ def protect(image: ImageLike, password: str | bytes, *, veil: str = "blur", veil
     overlaps them (logged as a warning). They are in ``Protected.kept``; the veiled faces are
     renumbered 0, 1, .... An index with no face is a logged warning, not an error (nothing extra
     is left visible).
+
+    ``keep_metadata``: the PNG carries the input's EXIF (camera, dates, ...; an eXIf chunk) without
+    the GPS position, thumbnail and maker notes, with Orientation 1 (the pixels are already
+    turned). By default the output has no EXIF at all.
     """
     keep_idx, keep_bx = _check_keep(keep_faces, keep_boxes)
     img = _load(image)
@@ -321,7 +338,8 @@ def protect(image: ImageLike, password: str | bytes, *, veil: str = "blur", veil
     )
     if master is not None:
         record = record.with_mac(_mac_key(master))
-    return Protected(out, img.alpha, record, infos, img.info.get("icc_profile"), kept)
+    return Protected(out, img.alpha, record, infos, img.info.get("icc_profile"), kept,
+                     _kept_exif(img, keep_metadata))
 
 
 # -- anonymize ------------------------------------------------------------------------------------
@@ -336,20 +354,23 @@ class Anonymized:
     faces: list[FaceInfo]
     kept: list[KeptFace] = field(default_factory=list)
     icc_profile: bytes | None = None
+    exif: bytes | None = None
 
     def save(self, path: str | Path, *, overwrite: bool = False) -> Path:
-        """Write the image (any writable format: nothing is hidden in it; no EXIF or GPS is
-        carried over), atomically."""
+        """Write the image (any writable format: nothing is hidden in it; no EXIF is carried over
+        unless ``keep_metadata`` was asked for, and never GPS), atomically."""
         from .io.image import output_format_for
 
         fmt = output_format_for(path, lossless_only=False)
-        write_image(path, self.image, self.alpha, icc_profile=self.icc_profile, format=fmt, overwrite=overwrite)
+        write_image(path, self.image, self.alpha, icc_profile=self.icc_profile, format=fmt, overwrite=overwrite,
+                    exif=self.exif)
         return Path(path)
 
     def to_bytes(self, format: str = "PNG") -> bytes:
         from .io.image import encode_image
 
-        return encode_image(self.image, self.alpha, format=format, icc_profile=self.icc_profile)
+        return encode_image(self.image, self.alpha, format=format, icc_profile=self.icc_profile,
+                            exif=self.exif)
 
     to_pil = Protected.to_pil
 
@@ -358,13 +379,13 @@ def anonymize(image: ImageLike, *, veil: str = "blur", veil_params: dict | None 
               seed: int | None = None, detector: str = "yunet", boxes: Sequence | None = None,
               margin: float = DEFAULT_MARGIN, threshold: float | None = None, min_face: int | None = None,
               keep_faces: Sequence[int] | None = None, keep_boxes: Sequence | None = None,
-              progress: Callable[[int], None] | None = None) -> Anonymized:
+              progress: Callable[[int], None] | None = None, keep_metadata: bool = False) -> Anonymized:
     """Veil every face in ``image`` for good: the same detection, crops and veils as
     :func:`protect`, but no network, no password and no record — the originals are gone.
 
     A protected image is refused (anonymizing it would destroy the hidden faces of its owner).
     ``seed`` makes what a veil draws per face reproducible (the cartoon sticker); without it every
-    run draws afresh.
+    run draws afresh. ``keep_metadata`` keeps the input's EXIF as :func:`protect` does (never GPS).
     """
     from .pipeline import anonymize_array
 
@@ -377,7 +398,7 @@ def anonymize(image: ImageLike, *, veil: str = "blur", veil_params: dict | None 
                          keep_idx, keep_bx, seed)
     out, done = anonymize_array(img.rgb, plans, progress)
     infos = [FaceInfo(p.index, p.box, p.crop, p.score, p.veil, p.params) for p in done]
-    return Anonymized(out, img.alpha, infos, kept, img.info.get("icc_profile"))
+    return Anonymized(out, img.alpha, infos, kept, img.info.get("icc_profile"), _kept_exif(img, keep_metadata))
 
 
 # -- recover --------------------------------------------------------------------------------------
@@ -394,11 +415,15 @@ def _model_for(record: ct.Record, model: str | LoadedModel | None) -> LoadedMode
 
 def recover(image: ImageLike, password: str | bytes, *, record: ct.Record | None = None,
             force: bool = False, model: str | LoadedModel | None = None,
-            progress: Callable[[int], None] | None = None) -> Recovered:
+            progress: Callable[[int], None] | None = None, keep_metadata: bool = False) -> Recovered:
     """Lift the veil from a protected image with its password.
 
     Raises :class:`WrongPasswordError` when the password fails the stored verifier, unless
     ``force`` (then the network runs anyway with the wrong key and ``verified`` is False).
+    Raises :class:`ContainerError` when the record of a keyed model lacks its verifier (unless
+    ``force``) or, the password being right, its MAC: faceveil writes both, so a record without
+    them was stripped, and recovering it would let any edit of the record pass unnoticed.
+    ``keep_metadata`` carries the protected file's EXIF (see :func:`protect`) to the output.
     """
     img = _load(image)
     rec = record or ct.extract(img.text)
@@ -412,15 +437,21 @@ def recover(image: ImageLike, password: str | bytes, *, record: ct.Record | None
     master = None
     if lm.keyed:
         kdf = {"name": rec.kdf.name, "n": rec.kdf.n, "r": rec.kdf.r, "p": rec.kdf.p}
+        if rec.verifier is None and not force:
+            raise ContainerError("the faceveil record has no verifier, which every file protected with "
+                                 f"model {lm.name!r} carries: the record was altered; refusing to recover")
         master = derive_master_key(password, rec.kdf.salt, kdf)
-        if not master.matches(rec.verifier):
+        if rec.verifier is None or not master.matches(rec.verifier):
             if not force:
                 raise WrongPasswordError("wrong password (use --force to run the network anyway and "
                                          "see what a wrong key gives)")
             verified = False
             log.warning("wrong password: running the network anyway (--force); the output is "
                         "what an attacker without the password gets")
-        elif rec.mac is not None and not ct.verify_mac(rec, _mac_key(master)):
+        elif rec.mac is None:
+            raise ContainerError("the faceveil record has no mac, which every file protected with a password "
+                                 "carries: the record was altered; refusing to recover")
+        elif not ct.verify_mac(rec, _mac_key(master)):
             raise ContainerError("the faceveil record was altered after protection; refusing to recover")
     modified = rec.pixels_sha256 is not None and rec.pixels_sha256 != _pixels_digest(img.rgb, img.alpha)
     if modified:
@@ -433,7 +464,8 @@ def recover(image: ImageLike, password: str | bytes, *, record: ct.Record | None
                         progress)
     infos = [FaceInfo(f.index, tuple(f.box), CropBox.from_list(f.crop), f.score, f.veil.name,
                       dict(f.veil.params)) for f in rec.faces]
-    return Recovered(out, img.alpha, rec, infos, verified, modified, img.info.get("icc_profile"))
+    return Recovered(out, img.alpha, rec, infos, verified, modified, img.info.get("icc_profile"),
+                     _kept_exif(img, keep_metadata))
 
 
 def inspect(image: ImageLike) -> dict:

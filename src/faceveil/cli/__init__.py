@@ -1,17 +1,21 @@
 """The ``faceveil`` command line. ``main(argv) -> int`` is testable in-process.
 
 Exit codes: 0 success; 2 usage; 3 wrong password; 1 any other failure. Every failure is one line on
-stderr (``faceveil: error: ...``), never a traceback, and leaves no output file behind.
+stderr (``faceveil: error: ...``), never a traceback, and leaves no output file behind. Control
+characters in messages (a file name may hold a line break or a terminal escape sequence) are shown
+escaped, and Python warnings (Pillow's, on odd files) become ``faceveil: WARNING: ...`` lines.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import getpass
 import json
 import logging
 import os
 import sys
+import warnings
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -121,8 +125,44 @@ def _check_io_args(args: argparse.Namespace, files: list) -> None:
         raise UsageError(f"-o/--output names one file but there are {len(files)} inputs; use --out-dir")
 
 
+_CONTROL = {c: f"\\x{c:02x}" for c in (*range(0x20), 0x7F, *range(0x80, 0xA0))}
+_CONTROL.update({0x09: "\\t", 0x0A: "\\n", 0x0D: "\\r", 0x2028: "\\u2028", 0x2029: "\\u2029"})
+
+
+def one_line(text: object) -> str:
+    """``text`` with control characters and line breaks escaped (``\\n``, ``\\x1b``, ...): a file
+    name can hold them, and a message must stay one line that cannot drive the terminal."""
+    return str(text).translate(_CONTROL)
+
+
+class OneLineFormatter(logging.Formatter):
+    """Log lines with :func:`one_line` applied to the message (a traceback, with -v, stays as is)."""
+
+    def formatMessage(self, record: logging.LogRecord) -> str:
+        return one_line(super().formatMessage(record))
+
+
+def show_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    """``warnings.showwarning`` for the CLI and its workers: one faceveil WARNING log line."""
+    text = str(message).strip()
+    log.warning("%s", text.splitlines()[0] if text else category.__name__)
+
+
+@contextlib.contextmanager
+def warnings_as_log_lines():
+    """Python warnings become one ``faceveil: WARNING:`` line each (not a file:line report and a
+    source line). Pillow's DecompressionBombWarning is silenced: faceveil refuses images above its
+    own limit (``max_pixels``, 100 MP) from the header, and Pillow's hard refusal still applies."""
+    from PIL import Image
+
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)
+        warnings.showwarning = show_warning
+        yield
+
+
 def _say_error(msg: str) -> None:
-    print(f"faceveil: error: {msg}", file=sys.stderr)
+    print(f"faceveil: error: {one_line(msg)}", file=sys.stderr)
 
 
 # -- commands -------------------------------------------------------------------------------------
@@ -186,7 +226,7 @@ def _veil_batch(args: argparse.Namespace, command: str, lossless_only: bool):
     if args.report:
         batch.check_report_path(args.report, files)
     spec = batch.BatchSpec(command, model=getattr(args, "model", None), overwrite=args.overwrite,
-                           veil=args.veil, veil_params=params, strength=args.strength, boxes=boxes,
+                           keep_metadata=args.keep_metadata, veil=args.veil, veil_params=params, strength=args.strength, boxes=boxes,
                            margin=args.margin, threshold=args.threshold, min_face=args.min_face,
                            keep_faces=tuple(sorted(set(args.keep_face or ()))), seed=args.seed)
     return files, spec, keep
@@ -209,7 +249,8 @@ def cmd_recover(args: argparse.Namespace) -> int:
     if args.report:
         batch.check_report_path(args.report, files)
     password = read_password(args, confirm=False)
-    spec = batch.BatchSpec("recover", model=args.model, overwrite=args.overwrite, force=args.force)
+    spec = batch.BatchSpec("recover", model=args.model, overwrite=args.overwrite, force=args.force,
+                           keep_metadata=args.keep_metadata)
     return batch.run_batch(args, spec, files, password, args.model, lossless_only=False)
 
 
@@ -292,6 +333,12 @@ def cmd_eval(args: argparse.Namespace) -> int:
     return run_eval(args)
 
 
+def cmd_eval_veils(args: argparse.Namespace) -> int:
+    from ..eval.veils import run_veil_eval
+
+    return run_veil_eval(args)
+
+
 def build_parser() -> ArgumentParser:
     p = ArgumentParser(prog="faceveil", description="Veil every face in a photo; lift the veil with "
                        "the password.")
@@ -308,6 +355,9 @@ def build_parser() -> ArgumentParser:
         x.add_argument("--overwrite", action="store_true", help="replace existing outputs (never an input)")
         x.add_argument("--skip-existing", action="store_true",
                        help="leave an input whose output exists alone (status 'skipped'): resumes a batch")
+        g.add_argument("--keep-metadata", action="store_true",
+                       help="keep the input's EXIF (camera, dates, ...) in the output, without the GPS "
+                            "position, thumbnail and maker notes; by default outputs carry no EXIF")
         if password:
             add_password_options(sp)
         if model:
@@ -404,24 +454,36 @@ def build_parser() -> ArgumentParser:
 
     add_eval_arguments(sp)
     sp.set_defaults(func=cmd_eval)
+
+    sp = sub.add_parser("eval-veils", help="measure every veil like the pose-consistency paper: detection, "
+                        "landmarks, identity, SSIM, Fréchet distance, time (LFW crops and photos)")
+    from ..eval.veils import add_veil_eval_arguments
+
+    add_veil_eval_arguments(sp)
+    sp.set_defaults(func=cmd_eval_veils)
     return p
 
 
 def _setup_logging(verbose: bool, quiet: bool) -> None:
     level = logging.DEBUG if verbose else (logging.ERROR if quiet else logging.WARNING)
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter("faceveil: %(levelname)s: %(message)s"))
+    handler.setFormatter(OneLineFormatter("faceveil: %(levelname)s: %(message)s"))
     root = logging.getLogger("faceveil")
     root.handlers[:] = [handler]
     root.setLevel(level)
     root.propagate = False
     if verbose:
         logging.getLogger("faceveil").handlers[0].setFormatter(
-            logging.Formatter("faceveil: %(levelname)s: %(name)s: %(message)s"))
+            OneLineFormatter("faceveil: %(levelname)s: %(name)s: %(message)s"))
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    with warnings_as_log_lines():
+        return _main(argv)
+
+
+def _main(argv: list[str]) -> int:
     try:
         parser = build_parser()
         if not argv:

@@ -38,7 +38,8 @@ from pathlib import Path
 from typing import Any
 
 from .. import __version__
-from ..errors import FaceveilError, UsageError
+from ..errors import FaceveilError, ImageError, UsageError
+from . import one_line
 
 log = logging.getLogger("faceveil")
 
@@ -55,6 +56,7 @@ class BatchSpec:
     command: str  # "protect", "recover" or "anonymize"
     model: str | None = None
     overwrite: bool = False
+    keep_metadata: bool = False  # the input's EXIF, less GPS/thumbnail/maker notes, Orientation 1
     # protect
     veil: str = "blur"
     veil_params: dict = field(default_factory=dict)
@@ -223,16 +225,29 @@ def _collect_logs():
         lg.handlers[:] = saved
 
 
+def make_output_folder(dst: Path) -> None:
+    """Create ``dst``'s folder and its parents (a missing ``--out-dir`` is made); when that cannot
+    be done, one clear error instead of the OS's bare "File exists"."""
+    folder = dst.parent
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except (FileExistsError, NotADirectoryError):
+        raise UsageError(f"cannot create the output folder {folder}: a file is in the way "
+                         "(it or one of its parents is a file)") from None
+    except OSError as e:
+        raise ImageError(f"cannot create the output folder {folder}: {e.strerror or e}") from None
+
+
 def _protect(spec: BatchSpec, password: str, model, task: Task) -> dict:
     from .. import api
 
     res = api.protect(task.src, password, veil=spec.veil, veil_params=spec.veil_params, model=model,
                       boxes=spec.boxes, margin=spec.margin, threshold=spec.threshold, min_face=spec.min_face,
                       strength=spec.strength, keep_faces=spec.keep_faces, keep_boxes=task.keep_boxes,
-                      seed=spec.seed)
+                      seed=spec.seed, keep_metadata=spec.keep_metadata)
     if not res.faces and not res.kept:
         log.warning("no face found; copied through unchanged")
-    task.dst.parent.mkdir(parents=True, exist_ok=True)
+    make_output_folder(task.dst)
     res.save(task.dst, overwrite=spec.overwrite)
     return {"faces": len(res.faces), "boxes": [f.to_dict()["box"] for f in res.faces],
             "kept": [k.to_dict() for k in res.kept], "veil": spec.veil, "model": res.record.model.name}
@@ -243,10 +258,11 @@ def _anonymize(spec: BatchSpec, password: str, model, task: Task) -> dict:
 
     res = api.anonymize(task.src, veil=spec.veil, veil_params=spec.veil_params, strength=spec.strength,
                         seed=spec.seed, boxes=spec.boxes, margin=spec.margin, threshold=spec.threshold,
-                        min_face=spec.min_face, keep_faces=spec.keep_faces, keep_boxes=task.keep_boxes)
+                        min_face=spec.min_face, keep_faces=spec.keep_faces, keep_boxes=task.keep_boxes,
+                        keep_metadata=spec.keep_metadata)
     if not res.faces and not res.kept:
         log.warning("no face found; copied through unchanged")
-    task.dst.parent.mkdir(parents=True, exist_ok=True)
+    make_output_folder(task.dst)
     res.save(task.dst, overwrite=spec.overwrite)
     return {"faces": len(res.faces), "boxes": [f.to_dict()["box"] for f in res.faces],
             "kept": [k.to_dict() for k in res.kept], "veil": spec.veil,
@@ -259,8 +275,8 @@ _COMMANDS = {"protect": "_protect", "recover": "_recover", "anonymize": "_anonym
 def _recover(spec: BatchSpec, password: str, model, task: Task) -> dict:
     from .. import api
 
-    res = api.recover(task.src, password, force=spec.force, model=model)
-    task.dst.parent.mkdir(parents=True, exist_ok=True)
+    res = api.recover(task.src, password, force=spec.force, model=model, keep_metadata=spec.keep_metadata)
+    make_output_folder(task.dst)
     res.save(task.dst, overwrite=spec.overwrite)
     veils = sorted({f.veil for f in res.faces})
     return {"faces": len(res.faces), "boxes": [f.to_dict()["box"] for f in res.faces],
@@ -313,6 +329,14 @@ def _init_worker(spec: BatchSpec, password: str, threads: int, level: int) -> No
     """Runs once in each worker process (coverage does not follow spawned processes)."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the main process's business
     signal.signal(signal.SIGTERM, _on_sigterm)
+    import warnings
+
+    from PIL import Image
+
+    from . import show_warning
+
+    warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)  # as in the main process
+    warnings.showwarning = show_warning  # a log line, collected with the file's result
     lg = logging.getLogger(_LOGGER)
     lg.handlers[:] = []
     lg.setLevel(level)
@@ -559,7 +583,7 @@ def run_batch(args: argparse.Namespace, spec: BatchSpec, files: list[tuple[Path,
         for lvl, m in logs:
             console.log(lvl, m)
         if res["status"] == "error":
-            console.line(f"faceveil: error: {res['input']}: {res['error']}")
+            console.line(f"faceveil: error: {one_line(res['input'])}: {one_line(res['error'])}")
         console.step()
 
     try:
@@ -597,7 +621,8 @@ def run_batch(args: argparse.Namespace, spec: BatchSpec, files: list[tuple[Path,
         try:
             write_report(args.report, doc)
         except OSError as e:
-            console.line(f"faceveil: error: cannot write the report {args.report}: {e.strerror or e}")
+            console.line(f"faceveil: error: cannot write the report {one_line(args.report)}: "
+                         f"{one_line(e.strerror or e)}")
             report_failed = True
     if args.json:
         print(json.dumps(doc, indent=None))

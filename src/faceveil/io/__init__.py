@@ -26,6 +26,7 @@ from .image import (
     DEFAULT_MAX_PIXELS,
     LoadedImage,
     encode_image,
+    exif_for_output,
     is_lossless,
     output_format_for,
     read_image,
@@ -36,8 +37,9 @@ from .image import (
 )
 
 __all__ = [
-    "DEFAULT_MAX_PIXELS", "LoadedImage", "encode_image", "is_lossless", "output_format_for", "read_image",
-    "read_image_bytes", "same_file", "set_pillow_pixel_limit", "write_image",
+    "DEFAULT_MAX_PIXELS", "LoadedImage", "encode_image", "exif_for_output", "is_lossless",
+    "output_format_for", "read_image", "read_image_bytes", "same_file", "set_pillow_pixel_limit",
+    "write_image",
     "FORMAT_VERSION", "MAX_FACES", "MAX_RECORD_BYTES", "TEXT_KEY", "FaceEntry", "ImageSize",
     "KdfParams", "ModelRef", "Record", "VeilRef", "canonical_bytes", "compute_mac", "embed",
     "extract", "verify_mac",

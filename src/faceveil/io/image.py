@@ -28,10 +28,15 @@ the header, before any pixel is decoded. Pillow's own decompression-bomb guard s
 second line (it warns above ``PIL.Image.MAX_IMAGE_PIXELS`` ≈ 89.5 MP and refuses above twice that);
 its refusal also becomes an :class:`~faceveil.errors.ImageError`. faceveil never changes Pillow's
 process-wide settings on import; an application that wants a larger limit calls
-:func:`set_pillow_pixel_limit` once at start-up.
+:func:`set_pillow_pixel_limit` once at start-up. (The CLI silences Pillow's warning, which Python
+would print as two stray stderr lines: the 100 MP check decides; see ``faceveil.cli``.)
 
-EXIF is *not* carried over to outputs (it may hold GPS positions and camera serials); orientation is
-baked into the pixels. The ICC profile is kept when it describes RGB data.
+EXIF is *not* carried over to outputs by default (it may hold GPS positions and camera serials);
+orientation is baked into the pixels. The ICC profile is kept when it describes RGB data. On request
+(``keep_metadata`` in :mod:`faceveil.api`, ``--keep-metadata`` in the CLI) :func:`exif_for_output`
+makes the EXIF an output may carry: the input's tags (``info["exif"]`` holds the raw block) without
+the GPS IFD, the thumbnail, maker notes, the file's own image-structure tags and the other metadata
+blocks EXIF can embed (XMP, IPTC, Photoshop resources), with Orientation set to 1.
 
 Writing (:func:`write_image`) is atomic: a temporary file in the target folder, fsync, then a rename;
 a failed write leaves neither a partial file nor the temporary one.
@@ -51,7 +56,7 @@ from pathlib import Path
 from typing import BinaryIO, Union
 
 import numpy as np
-from PIL import Image, ImageOps, PngImagePlugin
+from PIL import ExifTags, Image, PngImagePlugin
 
 from ..errors import ImageError, ShapeError, UsageError
 
@@ -83,7 +88,39 @@ _LOSSY_SUFFIXES = {".jpg", ".jpeg", ".jpe", ".jfif", ".webp", ".avif", ".heic", 
 _DECODE_ERRORS = (OSError, SyntaxError, ValueError, EOFError, struct.error, IndexError, KeyError,
                   TypeError, ZeroDivisionError, OverflowError, zlib.error, MemoryError,
                   Image.DecompressionBombError, Warning)  # Warning: only raised when warnings are errors
+# EXIF is optional: a tag of the wrong type makes Pillow's EXIF code raise AttributeError too
+# (found by benchmarks/fuzz_long.py); reading it, that means "ignore the EXIF", not "a bug".
+_EXIF_ERRORS = (*_DECODE_ERRORS, AttributeError)
 _EXIF_ORIENTATION = 0x0112
+# What ImageOps.exif_transpose does for each orientation, without re-serialising the EXIF (which
+# fails on damaged tags, and which faceveil drops or rebuilds anyway).
+_ORIENTATION_TRANSPOSE = {2: Image.Transpose.FLIP_LEFT_RIGHT, 3: Image.Transpose.ROTATE_180,
+                          4: Image.Transpose.FLIP_TOP_BOTTOM, 5: Image.Transpose.TRANSPOSE,
+                          6: Image.Transpose.ROTATE_270, 7: Image.Transpose.TRANSVERSE,
+                          8: Image.Transpose.ROTATE_90}
+# keep_metadata: IFD0 tags never carried to an output. The image-structure tags of the file they
+# came from (they would misdescribe the new file; a TIFF's EXIF *is* its IFD0), the pointers that
+# are rebuilt or dropped (Exif, GPS, Interop, SubIFDs), the thumbnail (IFD1 is never written, and
+# its pointer tags go here), and the metadata blocks of other standards EXIF can embed: XMP and
+# IPTC can hold the GPS position and people's names, Photoshop resources a thumbnail of the faces.
+_EXIF_DROP_IFD0 = frozenset({
+    0x00FE, 0x00FF, 0x0100, 0x0101, 0x0102, 0x0103, 0x0106, 0x0107, 0x0108, 0x0109, 0x010A, 0x0111,
+    0x0115, 0x0116, 0x0117, 0x0118, 0x0119, 0x011C, 0x0122, 0x0123, 0x0124, 0x0125, 0x012D, 0x013D,
+    0x0140, 0x0141, 0x0142, 0x0143, 0x0144, 0x0145, 0x014A, 0x014C, 0x0152, 0x0153, 0x0154, 0x0155,
+    0x0156, 0x015B, 0x0200, 0x0201, 0x0202, 0x0211, 0x0212, 0x0213, 0x0214,
+    0x02BC,  # XMP
+    0x83BB,  # IPTC
+    0x8649,  # Photoshop image resources
+    0x8773,  # ICC profile (faceveil carries the ICC profile itself)
+    0x8769, 0x8825, 0xA005,  # Exif (rebuilt), GPS (dropped), Interop pointers
+    0xC4A5,  # PrintIM
+    0xC612, 0xC613, 0xC614, 0xC634,  # DNG version / private data
+})
+# Exif-IFD tags never carried: maker notes (opaque vendor blocks with previews, serials, face
+# positions and even recognised names) and the Interop pointer.
+_EXIF_DROP_SUB = frozenset({0x927C, 0xA005})
+_EXIF_PIXEL_X, _EXIF_PIXEL_Y = 0xA002, 0xA003
+_JPEG_MAX_EXIF = 65533 - 2  # what fits in one APP1 segment
 
 
 @dataclass(frozen=True, eq=False)
@@ -97,6 +134,7 @@ class LoadedImage:
         path: the file read, or None for bytes / file objects without a name.
         info: facts about the decoding: ``icc_profile`` (bytes or None), ``mode`` (the file's mode),
             ``exif_orientation`` (the tag's value or None), ``exif_transposed`` (bool),
+            ``exif`` (the file's raw EXIF block, bytes, or None; see :func:`exif_for_output`),
             ``bit_depth`` (8 or 16: bits per sample in the file, where known), ``notes`` (list of
             one-line strings on anything lossy or unusual that happened).
         text: the file's PNG text chunks (tEXt/zTXt/iTXt) as plain ``str -> str``; empty for other
@@ -156,7 +194,7 @@ class LoadedImage:
         rgb = np.array(rgb, dtype=np.uint8, order="C", copy=True)
         mode = {1: "L", 3: "RGB", 4: "RGBA"}[a.shape[2]]
         info = {"icc_profile": None, "mode": mode, "exif_orientation": None, "exif_transposed": False,
-                "bit_depth": 8, "frames": 1, "notes": []}
+                "exif": None, "bit_depth": 8, "frames": 1, "notes": []}
         return cls(rgb=rgb, alpha=None if alpha is None else alpha.copy(), format="array", path=None,
                    info=info, text={})
 
@@ -264,13 +302,15 @@ def _convert(im: Image.Image, name: str, path: Path | None, max_pixels: int | No
     im.load()
     text = _png_text(im) if fmt == "PNG" else {}
     icc = im.info.get("icc_profile") or None
+    exif = _raw_exif(im)
     im, orientation, transposed = _apply_exif_orientation(im, name, notes)
     rgb, alpha, icc = _to_rgb_alpha(im, name, icc, notes)
     if bit_depth == 16:
         notes.append("16-bit image reduced to 8 bits per channel")
         log.warning("%s: 16-bit image reduced to 8 bits per channel", name)
     info = {"icc_profile": icc, "mode": mode, "exif_orientation": orientation,
-            "exif_transposed": transposed, "bit_depth": bit_depth, "frames": frames, "notes": notes}
+            "exif_transposed": transposed, "exif": exif, "bit_depth": bit_depth, "frames": frames,
+            "notes": notes}
     return LoadedImage(rgb=rgb, alpha=alpha, format=fmt, path=path, info=info, text=text)
 
 
@@ -306,11 +346,97 @@ def _png_text(im: Image.Image) -> dict[str, str]:
     return {str(k): str(v) for k, v in text.items()}
 
 
+def _raw_exif(im: Image.Image) -> bytes | None:
+    """The file's EXIF block as bytes (kept for :func:`exif_for_output`), or None. Never raises."""
+    raw = im.info.get("exif")
+    if isinstance(raw, (bytes, bytearray)):
+        return bytes(raw) or None
+    if "Raw profile type exif" in im.info or hasattr(im, "tag_v2"):  # PNG text profile; TIFF's IFD0
+        try:
+            exif = im.getexif()
+            return exif.tobytes() if len(exif) else None
+        except _EXIF_ERRORS:
+            return None
+    return None
+
+
+def exif_for_output(raw: bytes | None, *, width: int, height: int, name: str = "the image") -> bytes | None:
+    """The EXIF block an output may carry when the user asks to keep metadata, made from the input's
+    raw block (``LoadedImage.info["exif"]``); None when there is nothing to keep.
+
+    Kept: every IFD0 tag but those in ``_EXIF_DROP_IFD0`` (Make, Model, DateTime, Artist,
+    Copyright, ...) and the Exif sub-IFD without maker notes (exposure, DateTimeOriginal, lens,
+    serial numbers: the user asked for them). Dropped: the GPS IFD, the thumbnail (IFD1), maker
+    notes, embedded XMP / IPTC / Photoshop blocks, the source file's image-structure tags. Set:
+    Orientation = 1 (the pixels are already in display orientation: any other value would make
+    readers rotate them again, and a protected PNG read rotated could not be recovered), and
+    PixelX/YDimension to ``width``/``height`` where present. Damaged EXIF is a logged warning and
+    None, never an error; a tag Pillow cannot write back is dropped with a warning.
+    """
+    if not raw:
+        return None
+    try:
+        src = Image.Exif()
+        src.load(bytes(raw))
+        base = {int(t): src[t] for t in sorted(src) if int(t) not in _EXIF_DROP_IFD0}
+        sub: dict[int, object] = {}
+        if ExifTags.IFD.Exif in src:
+            sub = {int(t): v for t, v in sorted(src.get_ifd(ExifTags.IFD.Exif).items())
+                   if int(t) not in _EXIF_DROP_SUB and not isinstance(v, dict)}
+    except _EXIF_ERRORS as e:
+        log.warning("%s: its EXIF is damaged (%s); no metadata kept", name, _exif_reason(e))
+        return None
+    base[_EXIF_ORIENTATION] = 1
+    if _EXIF_PIXEL_X in sub:
+        sub[_EXIF_PIXEL_X] = int(width)
+    if _EXIF_PIXEL_Y in sub:
+        sub[_EXIF_PIXEL_Y] = int(height)
+    try:
+        return _exif_bytes(base, sub)
+    except _EXIF_ERRORS:
+        pass
+    good_base = {t: v for t, v in base.items() if _exif_encodes({t: v}, {})}
+    good_sub = {t: v for t, v in sub.items() if _exif_encodes({}, {t: v})}
+    dropped = len(base) + len(sub) - len(good_base) - len(good_sub)
+    try:
+        out = _exif_bytes(good_base, good_sub)
+    except _EXIF_ERRORS as e:
+        log.warning("%s: its EXIF cannot be written back (%s); no metadata kept", name, _exif_reason(e))
+        return None
+    log.warning("%s: %d EXIF tag%s could not be written back and %s dropped", name, dropped,
+                "" if dropped == 1 else "s", "was" if dropped == 1 else "were")
+    return out
+
+
+def _exif_bytes(base: dict, sub: dict) -> bytes:
+    exif = Image.Exif()
+    for tag, value in base.items():
+        exif[tag] = value
+    if sub:
+        exif[ExifTags.IFD.Exif] = dict(sub)
+    out = exif.tobytes()
+    Image.Exif().load(out)  # what is written must read back
+    return out
+
+
+def _exif_encodes(base: dict, sub: dict) -> bool:
+    try:
+        _exif_bytes(base, sub)
+        return True
+    except _EXIF_ERRORS:
+        return False
+
+
+def _exif_reason(e: BaseException) -> str:
+    text = str(e).strip()
+    return text.splitlines()[0] if text else type(e).__name__
+
+
 def _apply_exif_orientation(im: Image.Image, name: str, notes: list[str]):
     try:
         orientation = im.getexif().get(_EXIF_ORIENTATION)
-    except _DECODE_ERRORS as e:
-        log.warning("%s: unreadable EXIF ignored (%s)", name, e)
+    except _EXIF_ERRORS as e:
+        log.warning("%s: unreadable EXIF ignored (%s)", name, _exif_reason(e))
         notes.append("unreadable EXIF ignored; orientation not applied")
         return im, None, False
     if not isinstance(orientation, int) or orientation == 1:
@@ -319,13 +445,13 @@ def _apply_exif_orientation(im: Image.Image, name: str, notes: list[str]):
         notes.append(f"invalid EXIF orientation {orientation} ignored")
         return im, orientation, False
     try:
-        out = ImageOps.exif_transpose(im)
+        out = im.transpose(_ORIENTATION_TRANSPOSE[orientation])
     except _DECODE_ERRORS as e:
-        log.warning("%s: EXIF orientation %d could not be applied (%s)", name, orientation, e)
+        log.warning("%s: EXIF orientation %d could not be applied (%s)", name, orientation, _exif_reason(e))
         notes.append(f"EXIF orientation {orientation} could not be applied")
         return im, orientation, False
     log.debug("%s: applied EXIF orientation %d", name, orientation)
-    return (out if out is not None else im), orientation, True
+    return out, orientation, True
 
 
 def _icc_is_rgb(icc: bytes | None) -> bool:
@@ -460,7 +586,7 @@ def same_file(a: PathLike, b: PathLike) -> bool:
 
 def write_image(path: PathLike, rgb: np.ndarray, alpha: np.ndarray | None = None, *,
                 text: Mapping[str, str] | None = None, icc_profile: bytes | None = None,
-                format: str | None = None, overwrite: bool = False) -> Path:
+                format: str | None = None, overwrite: bool = False, exif: bytes | None = None) -> Path:
     """Write ``rgb`` (``H×W×3`` uint8) and optional ``alpha`` (``H×W`` uint8) to ``path``, atomically.
 
     The image is encoded into a temporary file in the same folder, fsynced, then renamed into place;
@@ -476,6 +602,9 @@ def write_image(path: PathLike, rgb: np.ndarray, alpha: np.ndarray | None = None
             ``lossless_only=False``). This function applies no lossless policy: callers writing
             protected images must check :func:`output_format_for` with ``lossless_only=True``.
         overwrite: replace an existing file.
+        exif: an EXIF block to embed (PNG eXIf chunk, JPEG APP1, TIFF tags, WebP EXIF), written as
+            given: callers pass what :func:`exif_for_output` made. BMP cannot hold it, nor a JPEG a
+            block over 64 KiB: then it is left out with a logged warning. Default: no EXIF.
 
     Returns:
         The path written.
@@ -499,7 +628,7 @@ def write_image(path: PathLike, rgb: np.ndarray, alpha: np.ndarray | None = None
     if img.mode == "RGBA" and fmt not in _ALPHA_FORMATS:
         log.warning("%s: %s keeps no transparency; the alpha channel is dropped", dest.name, fmt)
         img = img.convert("RGB")
-    save_kwargs = _save_kwargs(fmt, text, icc_profile)
+    save_kwargs = _save_kwargs(fmt, text, icc_profile, exif, dest.name)
 
     if dest.is_dir():
         raise UsageError(f"cannot save {dest}: it is a folder; give a file name")
@@ -524,7 +653,7 @@ def write_image(path: PathLike, rgb: np.ndarray, alpha: np.ndarray | None = None
             _move_into_place(tmp, dest, overwrite)
         except UsageError:
             raise
-        except (OSError, ValueError, TypeError, KeyError, struct.error, zlib.error) as e:
+        except (OSError, ValueError, TypeError, KeyError, RuntimeError, struct.error, zlib.error) as e:
             reason = e.strerror if isinstance(e, OSError) and e.strerror else str(e) or type(e).__name__
             raise ImageError(f"cannot save {dest}: {reason}") from None
     except BaseException:
@@ -541,7 +670,8 @@ def write_image(path: PathLike, rgb: np.ndarray, alpha: np.ndarray | None = None
 
 
 def encode_image(rgb: np.ndarray, alpha: np.ndarray | None = None, *, format: str = "PNG",
-                 text: Mapping[str, str] | None = None, icc_profile: bytes | None = None) -> bytes:
+                 text: Mapping[str, str] | None = None, icc_profile: bytes | None = None,
+                 exif: bytes | None = None) -> bytes:
     """Encode to bytes in memory (e.g. an HTTP response): the same encoder settings as
     :func:`write_image`, nothing touches the disk."""
     fmt = format.upper()
@@ -556,8 +686,8 @@ def encode_image(rgb: np.ndarray, alpha: np.ndarray | None = None, *, format: st
         img = img.convert("RGB")
     buf = io.BytesIO()
     try:
-        img.save(buf, format=fmt, **_save_kwargs(fmt, text, icc_profile))
-    except (OSError, ValueError, TypeError, KeyError, struct.error, zlib.error) as e:
+        img.save(buf, format=fmt, **_save_kwargs(fmt, text, icc_profile, exif, f"the {fmt} image"))
+    except (OSError, ValueError, TypeError, KeyError, RuntimeError, struct.error, zlib.error) as e:
         raise ImageError(f"cannot encode the image as {fmt}: {e}") from None
     return buf.getvalue()
 
@@ -590,8 +720,21 @@ def _check_text(text: Mapping[str, str]) -> None:
             raise UsageError(f"PNG text {key!r} is not valid Unicode") from None
 
 
-def _save_kwargs(fmt: str, text: Mapping[str, str] | None, icc: bytes | None) -> dict:
+def _save_kwargs(fmt: str, text: Mapping[str, str] | None, icc: bytes | None, exif: bytes | None = None,
+                 name: str = "the image") -> dict:
     kw: dict = {}
+    if exif:
+        if not isinstance(exif, (bytes, bytearray)):
+            raise UsageError("exif must be bytes")
+        if fmt == "BMP":
+            log.warning("%s: BMP files cannot hold EXIF; the metadata is not kept", name)
+        elif fmt == "JPEG" and len(exif) > _JPEG_MAX_EXIF:
+            log.warning("%s: the EXIF block (%d bytes) is too large for a JPEG; the metadata is not kept",
+                        name, len(exif))
+        elif fmt == "TIFF":  # libtiff (LZW) cannot write the Exif sub-IFD: the main tags go in IFD0
+            kw["tiffinfo"] = _tiff_exif_tags(exif, name)
+        else:
+            kw["exif"] = bytes(exif)
     if icc:
         if not isinstance(icc, (bytes, bytearray)):
             raise UsageError("icc_profile must be bytes")
@@ -612,6 +755,21 @@ def _save_kwargs(fmt: str, text: Mapping[str, str] | None, icc: bytes | None) ->
     elif fmt == "WEBP":
         kw.update(quality=WEBP_QUALITY, method=4)
     return kw
+
+
+def _tiff_exif_tags(exif: bytes, name: str) -> dict:
+    """The IFD0 tags of an EXIF block made by :func:`exif_for_output`, for a TIFF's own IFD0."""
+    src = Image.Exif()
+    try:
+        src.load(bytes(exif))
+        tags = {int(t): src[t] for t in src if int(t) not in _EXIF_DROP_IFD0}
+        has_sub = ExifTags.IFD.Exif in src
+    except _DECODE_ERRORS:
+        return {}
+    if has_sub:
+        log.warning("%s: a TIFF keeps the main EXIF tags (camera, date, ...) but not the Exif sub-IFD "
+                    "(exposure, original date); use PNG or JPEG to keep them", name)
+    return tags
 
 
 def _umask() -> int:
