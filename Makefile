@@ -7,7 +7,7 @@ DATA   ?= ../shared/data
 CACHE  := .cache/data
 DEMO_PASSWORD ?= correct horse battery staple
 
-.PHONY: all venv browser test test-all demo data train eval results bench attack security load clean
+.PHONY: all venv browser test test-all demo data train eval eval-veils contact-sheet results bench attack security load clean
 
 all: test
 
@@ -65,6 +65,18 @@ eval: $(STAMP) data
 	$(PY) -m faceveil eval --faces $(CACHE)/lfw_dev_128 --model $(MODEL) --mode png --limit $(LIMIT) \
 	    --json-out docs/results/$(MODEL)-png.json --quiet > /dev/null
 	$(MAKE) results
+
+# every veil (and the pose-consistency paper's baselines) measured like that paper's Tables 1-2, on LFW
+# crops and whole photos: docs/results/veils.json, then docs/RESULTS.md (about 15 min at 500 on 2 busy cores)
+VEIL_LIMIT ?= 500
+eval-veils: $(STAMP) data
+	@mkdir -p docs/results
+	$(PY) -m faceveil eval-veils --limit $(VEIL_LIMIT) --threads 1 --json-out docs/results/veils.json --quiet > /dev/null
+	$(MAKE) results
+
+# docs/veils.png: every veil on the public-domain sample faces (tools/contact_sheet.py --help for LFW)
+contact-sheet: $(STAMP)
+	$(PY) tools/contact_sheet.py
 
 results: $(STAMP)
 	$(PY) -m faceveil.eval.report $(sort $(filter-out docs/results/bench_speed.json docs/results/photo_quality.json docs/results/attack_decoder.json docs/results/serve_load.json docs/results/batch_speed.json,$(wildcard docs/results/*.json)))

@@ -316,6 +316,15 @@ class IdentityModel:
     def embed(self, x: Tensor, landmarks: np.ndarray) -> Tensor:
         return self.embed_aligned(align(x.detach().float().cpu(), landmarks))
 
+    @torch.no_grad()
+    def features(self, x: Tensor, landmarks: np.ndarray) -> Tensor:
+        """The plain 128-d MobileFaceNet output of the aligned face (no mirror), L2-normalised:
+        the feature of the Fréchet distance in :mod:`.veils`. Shape: -> ``B×128``."""
+        a = align(x.detach().float().cpu(), landmarks)
+        outs = [F.normalize(self.net(((a[i:i + self.batch] * 255.0 - 127.5) / 128.0).to(self.device)), dim=1).cpu()
+                for i in range(0, a.shape[0], self.batch)]
+        return torch.cat(outs) if outs else torch.zeros(0, 128)
+
 
 def cosine(a: Tensor, b: Tensor) -> Tensor:
     """Row-wise cosine of unit vectors. Shape: ``B×D, B×D -> B``."""
