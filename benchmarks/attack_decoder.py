@@ -66,9 +66,9 @@ def attacker_input(kind: str, net, x: torch.Tensor, y: torch.Tensor, gen: torch.
         return y
     n, _, h, w = x.shape
     with torch.no_grad():
-        y_hat, _ = net.protect(x, y, random_key_maps(n, h, w, gen, "cpu"))
+        y_hat, _ = net.protect(x, y, random_key_maps(n, h, w, gen, "cpu", net.key_channels))
         y_q = quantize(y_hat)
-        guess, _ = net.recover(y_q, random_key_maps(n, h, w, gen, "cpu"))
+        guess, _ = net.recover(y_q, random_key_maps(n, h, w, gen, "cpu", net.key_channels))
     return torch.cat([y_q, guess.clamp(0, 1)], 1)
 
 

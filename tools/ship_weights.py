@@ -37,10 +37,21 @@ def main() -> None:
     cfg = json.loads(meta["faceveil.config"])
     train_cfg = json.loads(meta.get("faceveil.train_config", "{}"))
     wr_mode = meta.get("faceveil.wr_mode", "randwr")
-    vals = []
+    vals, logged = [], []
     mfile = a.run / "metrics.jsonl"
     if mfile.exists():
-        vals = [json.loads(line) for line in mfile.read_text().splitlines() if '"val_' in line]
+        lines = [json.loads(line) for line in mfile.read_text().splitlines() if line.strip()]
+        vals = [r for r in lines if any(k.startswith("val_") for k in r)]
+        logged = [r for r in lines if "sec_per_step" in r]
+    step = int(meta.get("faceveil.train_step", 0))
+    # training time of this run (steps between log lines × their mean seconds per step), so the
+    # README's training times come from the shipped manifest, not from a local runs/ folder
+    seconds, prev = 0.0, 0
+    for r in sorted(logged, key=lambda r: r["step"]):
+        if r["step"] > step:
+            break
+        seconds += max(0, r["step"] - prev) * float(r["sec_per_step"])
+        prev = r["step"]
     dst_name = f"{a.name}-v{a.version}.safetensors"
     for old in WEIGHTS.glob(f"{a.name}-v*.safetensors"):
         old.unlink()
@@ -55,7 +66,11 @@ def main() -> None:
         "config": cfg,
         "wr_mode": wr_mode,
         "description": a.description,
-        "trained": {"steps": int(meta.get("faceveil.train_step", 0)),
+        "trained": {"steps": step,
+                    "seconds": round(seconds),
+                    "seconds_per_step_median": (sorted(float(r["sec_per_step"]) for r in logged)[len(logged) // 2]
+                                                if logged else None),
+                    "init": train_cfg.get("init"),
                     "config": train_cfg,
                     "validation": vals[-1] if vals else None,
                     "data": "UTKFace + CelebA (non-commercial research licences) + natural images"},

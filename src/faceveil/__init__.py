@@ -4,7 +4,7 @@ PRO-Face S (keyed invertible hiding network) on whole photos, with the originals
 the saved 8-bit PNG.
 """
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 # The public API, imported on first use so that `import faceveil` stays light (no torch).
 _API = {"protect": "api", "recover": "api", "anonymize": "api", "inspect": "api", "Protected": "api",

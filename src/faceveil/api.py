@@ -319,12 +319,16 @@ def protect(image: ImageLike, password: str | bytes, *, veil: str = "blur", veil
     if plans and trained is not None and veil not in trained:
         log.warning("model %s was not trained with the %r veil (only %s): the faces will come back "
                     "less exactly than with those", lm.name, veil, ", ".join(trained))
+    if plans and lm.keyed and not lm.net.config.scramble:
+        log.warning("model %s does not scramble the faces it hides (file format version 1): anyone with "
+                    "faceveil can lift this protection without the password (docs/THREAT_MODEL.md)", lm.name)
     salt = new_salt()
     kdf_params = dict(kdf or DEFAULT_KDF)
     master = derive_master_key(password, salt, kdf_params) if lm.keyed else None
     out, done = protect_array(img.rgb, plans, master, lm, progress)
     infos = [FaceInfo(p.index, p.box, p.crop, p.score, p.veil, p.params) for p in done]
     record = ct.Record(
+        format_version=2 if lm.net.config.scramble else 1,
         software=f"faceveil {__version__}",
         model=ct.ModelRef(name=lm.name, sha256=lm.sha256),
         kdf=ct.KdfParams(name=kdf_params["name"], n=kdf_params["n"], r=kdf_params["r"], p=kdf_params["p"],
@@ -410,6 +414,9 @@ def _model_for(record: ct.Record, model: str | LoadedModel | None) -> LoadedMode
                          f"(weights sha256 {record.model.sha256[:12]}…), which this installation does not "
                          f"have (it has {lm.name!r}, {lm.sha256[:12]}…); install the faceveil version that "
                          f"wrote it ({record.software})")
+    if lm.net.config.scramble and record.format_version < 2:
+        raise ContainerError(f"the record says format version {record.format_version}, but model {lm.name!r} "
+                             "scrambles the face (version 2): the record was altered")
     return lm
 
 

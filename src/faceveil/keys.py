@@ -10,6 +10,9 @@ The paper derives the ±1 map k with PBKDF2, a constant salt and 10 iterations. 
 4. For face ``i`` with a crop of ``h×w`` pixels: ``subkey = HKDF(master, "secret map" ‖ i ‖ h ‖ w)``,
    then ``SHAKE-256(subkey)`` streams ``h·w`` bits, read row-major into the ±1 map k (eq. (5)).
    ``K = DWT(k)`` (eq. (6)) happens inside the network.
+5. For a scrambling network (format version 2): ``SHAKE-256(HKDF(master, "scramble" ‖ i ‖ h ‖ w))``
+   streams ``3·h·w`` more bits, the ±1 sign of every wavelet coefficient of the crop's three colour
+   channels (:mod:`faceveil.nn.scramble`), a key independent of k.
 
 The password and every derived key live only in memory; nothing here logs them.
 """
@@ -108,11 +111,30 @@ class MasterKey:
         bits = np.unpackbits(np.frombuffer(stream, dtype=np.uint8))[:n]
         return bits.reshape(height, width)
 
-    def secret_map(self, index: int, height: int, width: int) -> torch.Tensor:
-        """The ±1 map k of eq. (5) for face ``index``: ``1×1×height×width`` float32."""
-        bits = self.map_bits(index, height, width)
+    def scramble_bits(self, index: int, height: int, width: int) -> np.ndarray:
+        """``3×height×width`` uint8 array of the face's scramble bits (0/1), from SHAKE-256."""
+        if index < 0 or height < 1 or width < 1:
+            raise ValueError("face index and crop size must be positive")
+        info = DOMAIN + b"scramble" + struct.pack(">III", index, height, width)
+        n = 3 * height * width
+        stream = hashlib.shake_256(hkdf(self.key, info)).digest((n + 7) // 8)
+        return np.unpackbits(np.frombuffer(stream, dtype=np.uint8))[:n].reshape(3, height, width)
+
+    def secret_map(self, index: int, height: int, width: int, scramble: bool = False) -> torch.Tensor:
+        """The ±1 map k of eq. (5) for face ``index``: ``1×1×height×width`` float32; with
+        ``scramble``, ``1×4×height×width``: k, then the scramble signs of the three colour channels."""
+        bits = self.map_bits(index, height, width)[None]
+        if scramble:
+            bits = np.concatenate((bits, self.scramble_bits(index, height, width)))
         k = torch.from_numpy(bits.astype(np.float32) * 2.0 - 1.0)
-        return k.view(1, 1, height, width)
+        return k.view(1, bits.shape[0], height, width)
+
+    def key_for(self, net, index: int, height: int, width: int) -> torch.Tensor | None:
+        """The key ``net`` takes for face ``index`` (None for an unkeyed network)."""
+        channels = net.key_channels
+        if channels == 0:
+            return None
+        return self.secret_map(index, height, width, scramble=channels > 1)
 
 
 def derive_master_key(password: str | bytes, salt: bytes, kdf: dict | None = None) -> MasterKey:

@@ -26,6 +26,7 @@ from .errors import ShapeError
 from .keys import MasterKey
 from .models.zoo import LoadedModel
 from .nn.haar import dwt, iwt
+from .nn.scramble import scramble
 from .nn.tiling import tiled_apply
 from .obfuscate import apply_veil, get_veil
 from .obfuscate.registry import check_strength
@@ -64,7 +65,7 @@ def _secret_map(master: MasterKey | None, index: int, h: int, w: int, model: Loa
         return None
     if master is None:
         raise ShapeError("a keyed model needs the master key")
-    return master.secret_map(index, h, w)
+    return master.key_for(model.net, index, h, w)
 
 
 def _run(model: LoadedModel, fn, inputs: list[torch.Tensor]) -> torch.Tensor:
@@ -86,7 +87,10 @@ def protect_face(crop_rgb: np.ndarray, plan: FacePlan, master: MasterKey | None,
     if k is None:
         y_hat = _run(model, lambda a, b: net.protect(a, b, None)[0], [x, y])
     else:
-        y_hat = _run(model, lambda a, b, c: net.protect(a, b, c)[0], [x, y, k])
+        # a scrambling network: the whole crop is scrambled once, then hidden tile by tile
+        if k.shape[1] > 1:
+            x = scramble(x, k[:, 1:])
+        y_hat = _run(model, lambda a, b, c: net.protect(a, b, c, scrambled=True)[0], [x, y, k[:, :1]])
     return to_uint8(y_hat), params
 
 
@@ -103,7 +107,9 @@ def recover_face(crop_rgb: np.ndarray, index: int, master: MasterKey | None, mod
         aux = torch.randn((1, 12, h // 2, w // 2), generator=gen)
         x = _run(model, lambda a, n: net.recover(a, None, aux=dwt(n))[0], [y_hat, iwt(aux)])
     else:
-        x = _run(model, lambda a, c: net.recover(a, c)[0], [y_hat, k])
+        x = _run(model, lambda a, c: net.recover(a, c)[0], [y_hat, k[:, :1]])
+        if k.shape[1] > 1:
+            x = scramble(x, k[:, 1:])
     return to_uint8(x)
 
 

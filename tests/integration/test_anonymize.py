@@ -96,8 +96,14 @@ def test_protect_warns_when_the_veil_is_new_to_the_model(caplog, original):
         faceveil.protect(crop, "pw", veil="blur", boxes=[(30, 20, 140, 150)])
     assert "was not trained with" not in caplog.text
     with caplog.at_level(logging.WARNING, logger="faceveil"):
-        res = faceveil.protect(crop, "pw", veil="cartoon", boxes=[(30, 20, 140, 150)], seed=2)
+        faceveil.protect(crop, "pw", veil="cartoon", boxes=[(30, 20, 140, 150)], seed=2)
+    assert "was not trained with" not in caplog.text  # the default was trained with cartoon
+    # the format-1 model was trained with the filters only (and does not scramble: it warns so too)
+    with caplog.at_level(logging.WARNING, logger="faceveil"):
+        res = faceveil.protect(crop, "pw", veil="cartoon", boxes=[(30, 20, 140, 150)], seed=2,
+                               model="proface-s-randwr")
     assert "was not trained with the 'cartoon' veil" in caplog.text
+    assert "does not scramble" in caplog.text and res.record.format_version == 1
     back = faceveil.recover(res.to_bytes(), "pw")
     assert back.verified and res.faces[0].params["sticker"] == faceveil.protect(
         crop, "pw", veil="cartoon", boxes=[(30, 20, 140, 150)], seed=2).faces[0].params["sticker"]

@@ -36,10 +36,11 @@ from .conftest import (
 )
 
 ONE_FACE_REGION = (150, 90, 400, 330)  # face 0 of group.jpg, whole, with some background
-# Recovered faces vs the originals, after the PNG round trip. The 70×70 face 0 of two.png is the
-# smallest: 26.8-32.1 dB over 8 passwords (each protection draws its own salt, so the key differs);
-# the others 33.5-41.7 dB. A wrong password gives ~10 dB.
-RECOVERY_FLOOR_DB = 25.0
+# Recovered faces vs the originals, after the PNG round trip. With the format-1 model the 70×70 face
+# 0 of two.png was the smallest: 26.8-32.1 dB over 8 passwords (each protection draws its own salt);
+# the format-2 default recovers the sample photo's faces at 23.9-28.2 dB (README). A wrong password
+# gives ~9 dB.
+RECOVERY_FLOOR_DB = 20.0
 HIDDEN_CEILING_DB = 28.0
 FILES = {"two.png": (TWO_FACE_REGION, 2), "trip/one.png": (ONE_FACE_REGION, 1),
          "trip/deep/background.png": (NO_FACE_REGION, 0)}
@@ -306,7 +307,8 @@ def test_ctrl_c_with_workers_finishes_what_runs_and_cancels_the_rest(tmp_path, g
 
     monkeypatch.setenv(PW_ENV, "correct horse battery staple ✓")
     src = tmp_path / "in"
-    for i in range(6):
+    n = 12  # enough that the interrupt lands while some are still to do
+    for i in range(n):
         write_png(src / f"p{i}.png", region(group_rgb, ONE_FACE_REGION))
     out = tmp_path / "out"
 
@@ -324,8 +326,8 @@ def test_ctrl_c_with_workers_finishes_what_runs_and_cancels_the_rest(tmp_path, g
     res.assert_one_error_line("interrupted", "--skip-existing")
     doc = res.json()
     done = [f for f in doc["files"] if f["status"] == "ok"]
-    assert doc["interrupted"] is True and 1 <= len(done) < 6, doc
-    assert doc["cancelled"] == 6 - len(done), [(f["status"], f["error"]) for f in doc["files"]]
+    assert doc["interrupted"] is True and 1 <= len(done) < n, doc
+    assert doc["cancelled"] == n - len(done), [(f["status"], f["error"]) for f in doc["files"]]
     assert listing(out) == sorted(Path(f["output"]).name for f in done)  # whole files only, no .tmp
     for f in done:
         assert json.loads(run_cli("inspect", f["output"]).out)["faces"]  # complete, readable PNGs

@@ -36,8 +36,10 @@ from .conftest import (
 
 # Quality floors (dB) for the shipped default model on this photo's faces after the PNG round trip,
 # a few dB under what it reaches (README "How good it is"), so a regression fails the test.
-RECOVERY_FLOOR_DB = 32.0
-PROTECT_FLOOR_DB = 34.0
+# Default model proface-s-scramble (format 2): `python benchmarks/photo_quality.py` gives recovered
+# 23.9-28.2 dB and protected 32.2-37.0 dB on these faces (the format-1 model: 33.2-41.1 / 34.7-41.7).
+RECOVERY_FLOOR_DB = 21.0
+PROTECT_FLOOR_DB = 30.0
 WRONG_KEY_CEILING_DB = 20.0  # a wrong password must not give the faces back
 HIDDEN_CEILING_DB = 28.0  # the protected faces must not look like the originals
 # Structure a wrong-password output shares with what the veil hid (x − y), averaged over four dyadic
@@ -116,7 +118,7 @@ def test_inspect_reports_format_model_and_faces(protected, group_rgb):
     rec = protected.record
     from faceveil.models.zoo import default_model_name
 
-    assert rec["format"] == "faceveil" and rec["format_version"] == 1
+    assert rec["format"] == "faceveil" and rec["format_version"] == 2  # the default model scrambles
     assert rec["model"]["name"] == default_model_name() == protected.summary["files"][0]["model"]
     assert len(rec["model"]["sha256"]) == 64
     h, w = group_rgb.shape[:2]

@@ -252,6 +252,7 @@ def test_quick_suite_runs_writes_json_and_renders(faces_dir, tmp_path, monkeypat
     assert code == 0
     doc = json.loads(out.read_text())
     assert list(doc["attacks"]) == ["kdf", "wrong_keys"]
+    assert doc["runs"][-1]["complete"] and doc["runs"][-1]["attacks"] == ["kdf", "wrong_keys"]
     for r in doc["attacks"].values():
         assert r["verdict"]["status"] == "ok", r["verdict"]
         assert r["meta"]["quick"] and r["meta"]["command"].startswith("faceveil attack ")

@@ -212,3 +212,22 @@ def test_training_runs_checkpoints_and_resumes_exactly(tiny_data, tmp_path, monk
     assert meta["faceveil.wr_mode"] == "randwr"
     assert json.loads(meta["faceveil.train_config"])["loss"]["lambda_decorr"] == 0.1
     assert (run / "config.yaml").exists() and (run / "last.pt").exists()
+
+
+def test_scrambling_model_trains_and_exports_its_config(tiny_data, tmp_path, monkeypatch):
+    """The format-version-2 network trains with 4-channel keys (map + scramble signs) and its
+    weights file says it scrambles, so loading it gives a scrambling network."""
+    import faceveil.train.loop as loop
+    from faceveil.models.zoo import load_model
+
+    real = loop.fixed_validation_set
+    monkeypatch.setattr(loop, "fixed_validation_set", lambda pools, cfg, **kw: real(pools, cfg, n=4, size=32))
+    cfg = _cfg(tiny_data, tmp_path, 2)
+    cfg.model = "proface-s-scramble"
+    tr = Trainer(cfg)
+    assert tr.net.key_channels == 4
+    tr.run()
+    rec = [json.loads(s) for s in (tmp_path / "tiny" / "metrics.jsonl").read_text().splitlines()]
+    assert all(np.isfinite(r["loss"]) for r in rec if "loss" in r)
+    lm = load_model(str(tmp_path / "tiny" / "best.safetensors"))
+    assert lm.net.config.scramble and lm.net.key_channels == 4

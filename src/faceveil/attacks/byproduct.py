@@ -239,12 +239,12 @@ def leak_check(ctx: Context, n: int) -> tuple[dict, str]:
         h, w = x.shape[-2:]
         with torch.inference_mode():
             y, _ = apply_veil(x, face.veil.name, dict(face.veil.params))
-            k = master.secret_map(face.index, h, w)
+            k = master.key_for(net, face.index, h, w)
             y_hat, x_hat = net.protect(x, y, k)
             y8 = t(extract(prot.image, crop))
             _, y_check = net.recover(y8, k)
             _, y_wrong = net.recover(y8, derive_master_key("not the password", prot.record.kdf.salt, ctx.kdf)
-                                     .secret_map(face.index, h, w))
+                                     .key_for(net, face.index, h, w))
         repro.append(int(np.abs(u8(y_hat).astype(int) - extract(prot.image, crop).astype(int)).max()))
         secrets = {"protection by-product x̂": x_hat[0].permute(1, 2, 0).numpy(),
                    "recovery by-product y̌ (right key)": y_check[0].permute(1, 2, 0).numpy(),
@@ -300,7 +300,7 @@ def reveal(ctx: Context, n: int) -> dict:
     idx = list(range(len(probes)))
     x = torch.cat([t(p.rgb) for p in probes])
     s = x.shape[-1]
-    k = torch.cat([master.secret_map(i, s, s) for i in idx])
+    k = torch.cat([master.key_for(net, i, s, s) for i in idx])
     k_rand = torch.randint(0, 2, k.shape, generator=gen).float() * 2 - 1
     for veil in sorted(VEILS):
         imgs: dict[str, Tensor] = {}

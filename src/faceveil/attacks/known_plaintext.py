@@ -46,13 +46,17 @@ VEIL = "blur"  # PRO-Face S §V-D-2: blur leaks most
 
 def fit_secret_map(net, protected: Tensor, originals: Tensor, steps: int, lr: float = 0.1,
                    seed: int = 0) -> tuple[Tensor, list[float]]:
-    """Fit one relaxed secret map to known pairs: minimise ``|recover(ŷ_i, tanh(m)) − x_i|₁``.
+    """Fit one relaxed key to known pairs: minimise ``|recover(ŷ_i, tanh(m)) − x_i|₁``.
 
-    Shape: protected, originals ``k×3×H×W``; returns the relaxed map ``1×1×H×W`` in (−1, 1) and the
-    loss per step.
+    For a scrambling network the key has four channels (the secret map and the scramble signs),
+    and all four are fitted: the attacker fits whatever the network takes.
+
+    Shape: protected, originals ``k×3×H×W``; returns the relaxed key ``1×C×H×W`` in (−1, 1)
+    (C = ``net.key_channels``) and the loss per step.
     """
     g = torch.Generator().manual_seed(seed)
-    logits = (0.01 * torch.randn((1, 1, *protected.shape[-2:]), generator=g)).requires_grad_(True)
+    shape = (1, net.key_channels, *protected.shape[-2:])
+    logits = (0.01 * torch.randn(shape, generator=g)).requires_grad_(True)
     opt = torch.optim.Adam([logits], lr=lr)
     losses = []
     for _ in range(steps):
@@ -105,10 +109,11 @@ def scenario(ctx: Context, probes, known: int, targets: int, same_map: bool, ste
             y, _ = apply_veil(t(probes[i].rgb), VEIL)
         veil.append(t(u8(y)))
     veil = torch.cat(veil)
-    true_maps = [keys[i - offset].secret_map(0, s, s) for i in idx_tgt]
+    scr = net.key_channels > 1
+    true_maps = [keys[i - offset].secret_map(0, s, s, scr) for i in idx_tgt]
     agree = [float((hard == m).float().mean()) for m in true_maps]
     corr = [map_correlation(relaxed, m) for m in true_maps]
-    known_maps = [keys[i - offset].secret_map(0, s, s) for i in idx_known]
+    known_maps = [keys[i - offset].secret_map(0, s, s, scr) for i in idx_known]
     out = {"known": known, "targets": targets, "steps": steps, "loss_first": losses[0], "loss_last": losses[-1],
            "fit_on_known": quality_summary(quality(fit_known, xk)),
            "fit_on_known_relaxed": quality_summary(quality(fit_known_relaxed, xk)),
@@ -132,7 +137,10 @@ class _Fixed:
     def __init__(self, k: Tensor) -> None:
         self.k = k
 
-    def secret_map(self, index: int, h: int, w: int) -> Tensor:
+    def secret_map(self, index: int, h: int, w: int, scramble: bool = False) -> Tensor:
+        return self.k
+
+    def key_for(self, net, index: int, h: int, w: int) -> Tensor:
         return self.k
 
 

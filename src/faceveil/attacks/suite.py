@@ -137,24 +137,40 @@ def _run(args: argparse.Namespace) -> int:
                   identity=not getattr(args, "no_identity", False), keyless_seconds=ks,
                   command="faceveil attack" + ("" if not _argv_of(args) else " " + shlex.join(_argv_of(args))),
                   say=say)
-    results = {}
+    write_docs = not args.no_write and not args.quick
+    json_out = Path(args.json_out) if args.json_out else (SECURITY_JSON if write_docs else None)
+    old = read_results(SECURITY_JSON) if write_docs else None
+    results: dict = {}
+    run = {"command": ctx.command, "attacks": [], "seconds": 0.0, "complete": False,
+           "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(t_start))}
+
+    def save() -> None:
+        """After every attack: an interrupted run keeps what it finished (its run says so)."""
+        run["seconds"] = round(time.time() - t_start, 1)
+        doc = merge(old, results, run)
+        if json_out is not None:
+            json_out.parent.mkdir(parents=True, exist_ok=True)
+            tmp = json_out.with_name(json_out.name + ".tmp")
+            tmp.write_text(json.dumps(json_safe(doc), indent=1, ensure_ascii=False) + "\n")
+            tmp.replace(json_out)
+        if write_docs:
+            SECURITY_MD.parent.mkdir(parents=True, exist_ok=True)
+            tmp = SECURITY_MD.with_name(SECURITY_MD.name + ".tmp")
+            tmp.write_text(render(doc, json_out or SECURITY_JSON))
+            tmp.replace(SECURITY_MD)
+
     for name in names:
         say(f"{name}: start")
         results[name] = ATTACKS[name].run(ctx)
+        run["attacks"].append(name)
         v = results[name]["verdict"]
         say(f"{name}: {v['status']} ({results[name]['meta']['seconds']} s): {v['summary']}")
-    total = round(time.time() - t_start, 1)
-    write_docs = not args.no_write and not args.quick
-    json_out = Path(args.json_out) if args.json_out else (SECURITY_JSON if write_docs else None)
-    doc = merge(read_results(SECURITY_JSON) if write_docs else None, results, total, ctx.command)
+        if name != names[-1]:
+            save()
+    run["complete"] = True
+    save()
     if json_out is not None:
-        json_out.parent.mkdir(parents=True, exist_ok=True)
-        json_out.write_text(json.dumps(json_safe(doc), indent=1, ensure_ascii=False) + "\n")
-        say(f"wrote {json_out}")
-    if write_docs:
-        SECURITY_MD.parent.mkdir(parents=True, exist_ok=True)
-        SECURITY_MD.write_text(render(doc, json_out or SECURITY_JSON))
-        say(f"wrote {SECURITY_MD}")
+        say(f"wrote {json_out}" + (f" and {SECURITY_MD}" if write_docs else ""))
     sys.stdout.write(summary_table({n: results[n] for n in names}))
     for n in names:
         if results[n]["verdict"]["status"] == "finding":
@@ -176,14 +192,17 @@ def read_results(path: Path) -> dict | None:
         return None
 
 
-def merge(old: dict | None, new: dict, seconds: float, command: str) -> dict:
+def merge(old: dict | None, new: dict, run: dict) -> dict:
+    """The stored results with ``new`` ones replacing theirs, and ``run`` appended to the runs."""
     attacks = dict((old or {}).get("attacks", {}))
     attacks.update(new)
     ordered = {n: attacks[n] for n in ATTACKS if n in attacks}
-    runs = list((old or {}).get("runs", []))
-    runs.append({"command": command, "attacks": list(new), "seconds": seconds,
-                 "date": next(iter(new.values()))["meta"]["date"] if new else None})
+    runs = list((old or {}).get("runs", [])) + [dict(run)]
     return {"schema": SCHEMA, "attacks": ordered, "runs": runs[-10:]}
+
+
+def _is_full(run: dict) -> bool:
+    return set(run["attacks"]) == set(ATTACKS) and run.get("complete", True)
 
 
 STATUS = {"ok": "holds", "finding": "FINDING", "skipped": "skipped"}
@@ -226,17 +245,17 @@ def render(doc: dict, json_path: Path) -> str:
         parts.append(f"**Verdict: {STATUS.get(r['verdict']['status'])}** — {r['verdict']['summary']}\n\n")
         parts.append(ATTACKS[name].markdown(r))
     runs = doc.get("runs", [])
-    full = [i for i, r in enumerate(runs) if set(r["attacks"]) == set(ATTACKS)]
+    full = [i for i, r in enumerate(runs) if _is_full(r)]
     shown = runs[full[-1]:] if full else runs  # the runs whose results are on this page
     parts.append("\n## Runs behind this page\n\n")
     parts.append(table(["command", "attacks", "seconds", "date"],
-                       [[f"`{r['command']}`", ", ".join(r["attacks"]), str(r["seconds"]), str(r["date"])]
-                        for r in shown]))
+                       [[f"`{r['command']}`" + ("" if r.get("complete", True) else " (interrupted or running)"),
+                         ", ".join(r["attacks"]), str(r["seconds"]), str(r["date"])] for r in shown]))
     return "".join(parts)
 
 
 def _full_run_seconds(doc: dict) -> str:
-    full = [r for r in doc.get("runs", []) if set(r["attacks"]) == set(ATTACKS)]
+    full = [r for r in doc.get("runs", []) if _is_full(r)]
     if not full:
         return "not yet"
     s = full[-1]["seconds"]

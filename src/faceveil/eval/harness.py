@@ -226,10 +226,12 @@ class KeySource:
         self.onebit = derive_master_key(one_bit_away(password), salt, kdf)
         self.gen = torch.Generator().manual_seed(seed + 7)
 
-    def maps(self, indices: Sequence[int], h: int, w: int) -> tuple[Tensor, Tensor, Tensor]:
-        right = torch.cat([self.right.secret_map(i, h, w) for i in indices])
-        onebit = torch.cat([self.onebit.secret_map(i, h, w) for i in indices])
-        rnd = torch.randint(0, 2, (len(indices), 1, h, w), generator=self.gen).float() * 2 - 1
+    def maps(self, indices: Sequence[int], h: int, w: int,
+             scramble: bool = False) -> tuple[Tensor, Tensor, Tensor]:
+        """Right, one-bit-off and random keys (with scramble signs for a scrambling network)."""
+        right = torch.cat([self.right.secret_map(i, h, w, scramble) for i in indices])
+        onebit = torch.cat([self.onebit.secret_map(i, h, w, scramble) for i in indices])
+        rnd = torch.randint(0, 2, right.shape, generator=self.gen).float() * 2 - 1
         return right, onebit, rnd
 
 
@@ -252,7 +254,7 @@ def time_model(net: HidingNet, *, device: str | torch.device = "cpu", size: int 
         x = x.repeat(math.ceil(batch / x.shape[0]), 1, 1, 1)[:batch]
     x = x.to(device)
     net = net.to(device)
-    k = (torch.randint(0, 2, (batch, 1, size, size), generator=g).float() * 2 - 1).to(device) \
+    k = (torch.randint(0, 2, (batch, net.key_channels, size, size), generator=g).float() * 2 - 1).to(device) \
         if net.config.keyed else None
     gen = torch.Generator(device=device).manual_seed(seed) if not net.config.keyed else None
     tp, tr = [], []
@@ -461,7 +463,7 @@ def evaluate(faces_dir: str | Path, model: str | Path | LoadedModel | HidingNet 
                     if params not in ps:
                         ps.append(params)
                     if keyed:
-                        k_right, k_onebit, k_rand = keys.maps(idx, h, w)
+                        k_right, k_onebit, k_rand = keys.maps(idx, h, w, net.config.scramble)
                     else:
                         k_right = k_onebit = k_rand = None
                     y_hat, byproduct = net.protect(x, y, k_right)

@@ -38,8 +38,11 @@ from ..errors import ContainerError, UsageError
 log = logging.getLogger(__name__)
 
 FORMAT_NAME = "faceveil"
-FORMAT_VERSION = 1
-SUPPORTED_VERSIONS = (1,)
+FORMAT_VERSION = 2
+SUPPORTED_VERSIONS = (1, 2)
+# Version 2 (docs/FORMAT.md, "Versioning"): the hidden face may be a keyed wavelet scramble of the
+# original (faceveil.nn.scramble), as the named model's config says. A file made with a model that
+# does not scramble is written as version 1, which version-1 readers still recover.
 TEXT_KEY = "faceveil"
 """Keyword of the PNG iTXt chunk that carries the record."""
 
@@ -409,6 +412,7 @@ class Record:
         pixels_sha256: optional sha256 (64 hex) of the protected pixels as written, so recovery can
             tell that the PNG was edited or re-encoded (the writer defines the digest's input).
         software: the writer, e.g. ``"faceveil 0.1.0"`` (informational).
+        format_version: 1, or 2 when the model hides a keyed scramble of the face.
         extra: unknown top-level fields of a newer writer, kept verbatim (and covered by the MAC);
             faceveil itself writes none.
     """
@@ -422,8 +426,12 @@ class Record:
     pixels_sha256: str | None = None
     software: str = field(default_factory=default_software)
     extra: Mapping[str, Any] = field(default_factory=dict)
+    format_version: int = FORMAT_VERSION
 
     def __post_init__(self) -> None:
+        if isinstance(self.format_version, bool) or self.format_version not in SUPPORTED_VERSIONS:
+            raise ContainerError(f"format_version must be one of {', '.join(map(str, SUPPORTED_VERSIONS))}, "
+                                 f"not {_short(self.format_version)}")
         if not isinstance(self.model, ModelRef):
             raise ContainerError(f"model must be a ModelRef, not {_tname(self.model)}")
         if not isinstance(self.kdf, KdfParams):
@@ -469,7 +477,7 @@ class Record:
         d = {key: _thaw(v) for key, v in self.extra.items()}
         d.update({
             "format": FORMAT_NAME,
-            "format_version": FORMAT_VERSION,
+            "format_version": self.format_version,
             "software": self.software,
             "model": self.model.to_dict(),
             "kdf": self.kdf.to_dict(),
@@ -555,6 +563,7 @@ class Record:
             if extra:
                 log.debug("faceveil record: keeping unknown top-level fields %s", sorted(extra))
             return cls(
+                format_version=version,
                 software=obj["software"],
                 model=ModelRef.from_dict(obj["model"]),
                 kdf=KdfParams.from_dict(obj["kdf"]),

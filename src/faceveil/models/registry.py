@@ -9,6 +9,9 @@ ARCHITECTURES: dict[str, INNConfig] = {
     # PRO-Face S §IV: 3 secure affine coupling blocks, 4 dense sub-nets each fed features ‖ K;
     # 1,073,040 parameters (Table V: 1.07M).
     "proface-s": INNConfig(blocks=3, with_cover_scale=True, keyed=True),
+    # The same network hiding a keyed wavelet scramble of the face (ours, file format version 2):
+    # without the password even a perfect inversion yields only the scramble (nn/scramble.py).
+    "proface-s-scramble": INNConfig(blocks=3, with_cover_scale=True, keyed=True, scramble=True),
     # IMN §2.2-2.3 (the HiNet flow): 16 blocks of 3 dense sub-nets, no key, recovery from
     # Gaussian noise; 4,050,240 parameters (PRO-Face S Table V: 4.05M).
     "imn": INNConfig(blocks=16, with_cover_scale=False, keyed=False),

@@ -4,6 +4,10 @@
 protected image ``ŷ`` and the by-product ``x̂``. ``recover(ŷ, k)`` runs the same blocks backwards
 (eq. (14)-(17)); the lost by-product branch is replaced by ``K‖K‖K`` (PRO-Face S §IV-C) for keyed
 models, or by Gaussian noise for IMN (IMN eq. (6)-(8)).
+
+Networks with ``scramble`` (file format version 2) hide the keyed scramble of ``x`` instead of ``x``
+(:mod:`.scramble`): their key is ``B×4×H×W``, the secret map k in channel 0 and one ±1 sign per
+wavelet coefficient of the three colour channels in channels 1-3.
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ from torch import Tensor, nn
 from ..errors import ShapeError
 from .coupling import KeyedAffineCoupling
 from .haar import dwt, iwt
+from .scramble import scramble as _scramble
 
 
 @dataclass(frozen=True)
@@ -29,6 +34,7 @@ class INNConfig:
     growth: int = 32
     depth: int = 5
     image_channels: int = 3
+    scramble: bool = False  # hide a keyed wavelet scramble of x (format version 2); needs keyed
 
     @classmethod
     def from_dict(cls, d: dict) -> "INNConfig":
@@ -36,7 +42,10 @@ class INNConfig:
         unknown = set(d) - known
         if unknown:
             raise ValueError(f"unknown network config keys: {sorted(unknown)}")
-        return cls(**d)
+        cfg = cls(**d)
+        if cfg.scramble and not cfg.keyed:
+            raise ValueError("a scrambling network must be keyed")
+        return cfg
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -47,7 +56,8 @@ class HidingNet(nn.Module):
 
     Shape:
         x, y: ``B×3×H×W`` in [0, 1], H and W even.
-        key_map: ``B×1×H×W`` (or ``1×1×H×W``, broadcast) of ±1 — the secret map k of eq. (5).
+        key_map: ``B×1×H×W`` (or ``1×…``, broadcast) of ±1 — the secret map k of eq. (5); for a
+        scrambling network ``B×4×H×W``: k, then the three channels of scramble signs.
         protect -> ``(ŷ, x̂)``, recover -> ``(x̌, y̌)``, each ``B×3×H×W``.
     """
 
@@ -61,6 +71,12 @@ class HidingNet(nn.Module):
                                 clamp=c.clamp, growth=c.growth, depth=c.depth)
             for _ in range(c.blocks)
         )
+
+    @property
+    def key_channels(self) -> int:
+        """Channels of the key this network takes: 0 (IMN), 1 (k) or 4 (k and scramble signs)."""
+        c = self.config
+        return 0 if not c.keyed else 1 + c.image_channels * int(c.scramble)
 
     # -- geometry ---------------------------------------------------------------------------------
     @property
@@ -84,10 +100,18 @@ class HidingNet(nn.Module):
             return None
         if key_map is None:
             raise ShapeError("this model is keyed: a secret map is required")
-        if key_map.dim() != 4 or key_map.shape[1] != 1 or key_map.shape[-2:] != like.shape[-2:]:
-            raise ShapeError(f"secret map must be B×1×{like.shape[-2]}×{like.shape[-1]}, "
+        if key_map.dim() != 4 or key_map.shape[1] not in (1, self.key_channels) \
+                or key_map.shape[-2:] != like.shape[-2:]:
+            raise ShapeError(f"secret map must be B×{self.key_channels}×{like.shape[-2]}×{like.shape[-1]}, "
                              f"got {tuple(key_map.shape)}")
-        return dwt(key_map.to(like.dtype))
+        return dwt(key_map[:, :1].to(like.dtype))
+
+    def _signs(self, key_map: Tensor | None) -> Tensor | None:
+        """The scramble signs carried by a full key, ``None`` when the network does not scramble
+        or the key is only the secret map."""
+        if not self.config.scramble or key_map is None or key_map.shape[1] == 1:
+            return None
+        return key_map[:, 1:]
 
     def _check_image(self, t: Tensor, name: str) -> None:
         if t.dim() != 4 or t.shape[1] != self.config.image_channels:
@@ -95,13 +119,25 @@ class HidingNet(nn.Module):
         if t.shape[-1] % 2 or t.shape[-2] % 2:
             raise ShapeError(f"{name} needs even height and width, got {t.shape[-2]}×{t.shape[-1]}")
 
-    def protect(self, x: Tensor, y: Tensor, key_map: Tensor | None = None) -> tuple[Tensor, Tensor]:
-        """Hide ``x`` in ``y``: returns ``(ŷ, x̂)`` (eq. (7)-(13))."""
+    def protect(self, x: Tensor, y: Tensor, key_map: Tensor | None = None, *,
+                scrambled: bool = False) -> tuple[Tensor, Tensor]:
+        """Hide ``x`` in ``y``: returns ``(ŷ, x̂)`` (eq. (7)-(13)).
+
+        A scrambling network scrambles ``x`` with the key's signs first; ``scrambled=True`` says the
+        caller already did (the photo pipeline scrambles a whole crop, then hides it tile by tile)
+        and lets the key be the secret map alone.
+        """
         self._check_image(x, "original")
         self._check_image(y, "veil")
         if x.shape != y.shape:
             raise ShapeError(f"original and veil differ in shape: {tuple(x.shape)} vs {tuple(y.shape)}")
         K = self.secret_map(key_map, x)
+        if self.config.scramble and not scrambled:
+            signs = self._signs(key_map)
+            if signs is None:
+                raise ShapeError("this network scrambles the original: the key must carry the scramble "
+                                 f"signs (B×{self.key_channels}×H×W)")
+            x = _scramble(x, signs)
         X, Y = self.flow(dwt(x), dwt(y), K)
         return iwt(Y), iwt(X)
 
@@ -118,12 +154,18 @@ class HidingNet(nn.Module):
         """Lift the veil: returns ``(x̌, y̌)`` (eq. (14)-(17)).
 
         ``aux`` overrides the substitute for the by-product branch (sub-band domain, ``B×12×H/2×W/2``).
+        A scrambling network unscrambles ``x̌`` with the key's signs; given the secret map alone it
+        returns the still-scrambled payload — all that anyone without the password can get.
         """
         self._check_image(y_hat, "protected image")
         K = self.secret_map(key_map, y_hat)
         X = self.auxiliary(y_hat, K, generator) if aux is None else aux
         X, Y = self.flow(X, dwt(y_hat), K, rev=True)
-        return iwt(X), iwt(Y)
+        x = iwt(X)
+        signs = self._signs(key_map)
+        if signs is not None:
+            x = _scramble(x, signs)
+        return x, iwt(Y)
 
 
 def count_parameters(module: nn.Module) -> int:

@@ -28,9 +28,11 @@ from .losses import IMNLoss, ProFaceSLoss, decorr_reference, detail_corr2, quant
 log = logging.getLogger(__name__)
 
 
-def random_key_maps(n: int, h: int, w: int, generator: torch.Generator, device) -> torch.Tensor:
-    """Fresh ±1 secret maps (eq. (5)) for training; the shipped key path is :mod:`faceveil.keys`."""
-    bits = torch.randint(0, 2, (n, 1, h, w), generator=generator)
+def random_key_maps(n: int, h: int, w: int, generator: torch.Generator, device,
+                    channels: int = 1) -> torch.Tensor:
+    """Fresh ±1 secret maps (eq. (5)) for training — with ``channels`` 4, also the scramble signs
+    of a scrambling network; the shipped key path is :mod:`faceveil.keys`."""
+    bits = torch.randint(0, 2, (n, max(1, channels), h, w), generator=generator)
     return (bits.float() * 2 - 1).to(device)
 
 
@@ -137,14 +139,14 @@ class Trainer:
     def forward(self, x: torch.Tensor, y: torch.Tensor, quantize: bool,
                 wrong: bool = True) -> dict[str, torch.Tensor]:
         n, _, h, w = x.shape
-        k = random_key_maps(n, h, w, self.gen, self.device) if self.keyed else None
+        k = random_key_maps(n, h, w, self.gen, self.device, self.net.key_channels) if self.keyed else None
         y_hat, byproduct = self.net.protect(x, y, k)
         y_q = quantize_ste(y_hat) if quantize else y_hat
         if self.keyed:
             x_rec, _ = self.net.recover(y_q, k)
             x_wrong = None
             if wrong and self.cfg.loss.wr_mode != "none":
-                kw = random_key_maps(n, h, w, self.gen, self.device)
+                kw = random_key_maps(n, h, w, self.gen, self.device, self.net.key_channels)
                 x_wrong, _ = self.net.recover(y_q, kw)
             aux = self.net.auxiliary(y_q, self.net.secret_map(k, y_q))
         else:
