@@ -179,15 +179,20 @@ def load_mobilefacenet(path: str | Path | None = None) -> tuple[MobileFaceNet, s
     state = ck.get("net_state_dict", ck) if isinstance(ck, dict) else None
     if not isinstance(state, dict):
         raise ModelError(f"{p} holds no state dict")
-    net = MobileFaceNet()
+    return frozen(MobileFaceNet(), state, p, "MobileFaceNet"), sha
+
+
+def frozen(net: torch.nn.Module, state: dict, path, what: str) -> torch.nn.Module:
+    """``net`` with ``state`` loaded strictly, in eval mode, without gradients (an evaluation-only
+    network read from ``path``); a mismatch is a :class:`ModelError` naming ``what``."""
     try:
         net.load_state_dict(state, strict=True)
     except RuntimeError as e:
-        raise ModelError(f"{p} does not fit the MobileFaceNet definition: {e}") from None
+        raise ModelError(f"{path} does not fit the {what} definition: {e}") from None
     net.eval()
     for q in net.parameters():
         q.requires_grad_(False)
-    return net, sha
+    return net
 
 
 # -- alignment --------------------------------------------------------------------------------------

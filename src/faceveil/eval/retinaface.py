@@ -255,15 +255,9 @@ def load_retinaface(path: str | Path | None = None) -> tuple[RetinaFace, str]:
     if not isinstance(state, dict):
         raise ModelError(f"{p} holds no state dict")
     state = {k.removeprefix("module."): v for k, v in state.items()}
-    net = RetinaFace()
-    try:
-        net.load_state_dict(state, strict=True)
-    except RuntimeError as e:
-        raise ModelError(f"{p} does not fit the RetinaFace-MobileNet0.25 definition: {e}") from None
-    net.eval()
-    for q in net.parameters():
-        q.requires_grad_(False)
-    return net, sha
+    from .identity import frozen
+
+    return frozen(RetinaFace(), state, p, "RetinaFace-MobileNet0.25"), sha
 
 
 # -- the detector -----------------------------------------------------------------------------------

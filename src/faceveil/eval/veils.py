@@ -621,17 +621,13 @@ def evaluate_veils(faces_dir: str | Path | None = DEFAULT_FACES, photos_dir: str
     if face_files:
         crops, facts = evaluate_crops(face_files, chosen, dets, ident=ident, threshold=threshold, seed=seed,
                                       reference_files=reference_files, progress=progress)
-        root = Path(faces_dir)
-        facts.update({"dir": str(faces_dir), "files_sha256": hashlib.sha256(
-            "\n".join(str(p.relative_to(root)) for p in face_files).encode()).hexdigest()})
+        facts.update({"dir": str(faces_dir), "files_sha256": _files_digest(face_files, faces_dir)})
         result["meta"]["crops"] = facts
         for label, s in crops.items():
             result["variants"][label]["crops"] = s
     if photo_files:
         photos, facts = evaluate_photos(photo_files, chosen, dets, seed=seed, progress=progress)
-        root = Path(photos_dir)
-        facts.update({"dir": str(photos_dir), "files_sha256": hashlib.sha256(
-            "\n".join(str(p.relative_to(root)) for p in photo_files).encode()).hexdigest()})
+        facts.update({"dir": str(photos_dir), "files_sha256": _files_digest(photo_files, photos_dir)})
         result["meta"]["photos"] = facts
         for label, s in photos.items():
             result["variants"][label]["photos"] = s
@@ -733,6 +729,12 @@ def _argv_of(args: argparse.Namespace) -> list[str]:
     if args.json_out:
         out += ["--json-out", str(args.json_out)]
     return out
+
+
+def _files_digest(files, folder) -> str:
+    """sha256 of the files' paths relative to ``folder``, one per line: which set was measured."""
+    root = Path(folder)
+    return hashlib.sha256("\n".join(str(p.relative_to(root)) for p in files).encode()).hexdigest()
 
 
 def main(argv: list[str] | None = None) -> int:
