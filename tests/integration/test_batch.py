@@ -7,9 +7,9 @@ import torch)."""
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
-import threading
 import time
 from pathlib import Path
 from types import SimpleNamespace
@@ -21,6 +21,7 @@ from faceveil.detect.geometry import face_crop
 
 from .conftest import (
     NO_FACE_REGION,
+    CliResult,
     PW_ENV,
     TWO_FACE_REGION,
     WRONG_ENV,
@@ -302,26 +303,32 @@ def test_jobs_2_protects_like_jobs_1(cli, album, tmp_path):
 
 
 def test_ctrl_c_with_workers_finishes_what_runs_and_cancels_the_rest(tmp_path, group_rgb, monkeypatch):
-    """Ctrl-C in the main process with -j 2: no partial output, no temporary file, exit 130."""
+    """Ctrl-C with -j 2: no partial output, no temporary file, exit 130. A real ``faceveil``
+    process gets a real SIGINT."""
     import signal
+    import subprocess
+    import sys
 
-    monkeypatch.setenv(PW_ENV, "correct horse battery staple ✓")
     src = tmp_path / "in"
-    n = 12  # enough that the interrupt lands while some are still to do
+    n = 30  # enough that the interrupt lands while some are still to do
     for i in range(n):
         write_png(src / f"p{i}.png", region(group_rgb, ONE_FACE_REGION))
     out = tmp_path / "out"
-
-    def interrupt_after_first_output():
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline and not (out.exists() and any(out.glob("*.veiled.png"))):
-            time.sleep(0.02)
-        signal.pthread_kill(threading.main_thread().ident, signal.SIGINT)  # what Ctrl-C does
-
-    t = threading.Thread(target=interrupt_after_first_output, daemon=True)
-    t.start()
-    res = run_cli("protect", src, "--out-dir", out, "-j", "2", "--password-env", PW_ENV, "--json", "-q")
-    t.join()
+    env = dict(os.environ, **{PW_ENV: "correct horse battery staple ✓"})
+    # A process started with SIGINT ignored keeps ignoring it (POSIX; Python then installs no
+    # KeyboardInterrupt handler), and inside the whole test session SIGINT was found ignored by
+    # then: the child gets the default disposition, as in a terminal.
+    proc = subprocess.Popen([sys.executable, "-m", "faceveil", "protect", str(src), "--out-dir", str(out), "-j", "2",
+                             "--password-env", PW_ENV, "--json", "-q"], env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and proc.poll() is None and not (
+            out.exists() and any(out.glob("*.veiled.png"))):
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGINT)  # what Ctrl-C does
+    stdout, stderr = proc.communicate(timeout=120)
+    res = CliResult(proc.returncode, stdout, stderr)
     assert res.code == 130, res
     res.assert_one_error_line("interrupted", "--skip-existing")
     doc = res.json()
@@ -477,3 +484,43 @@ def test_api_keep_faces_and_boxes(group_rgb):
     assert p.faces == [] and [(k.index, k.reason) for k in p.kept] == [(0, "keep_faces"), (1, "keep_boxes")]
     assert not p.record.faces
     np.testing.assert_array_equal(p.image, img)  # every face kept: not a pixel changed
+
+
+@pytest.mark.parametrize("sig", ["SIGTERM", "SIGKILL"])
+def test_terminate_or_kill_leaves_only_whole_files_and_skip_existing_resumes(tmp_path, group_rgb, sig):
+    """SIGTERM (a service stopping) or kill -9 (no chance to clean up) in the middle of a -j 2 batch:
+    every output present is a whole, readable PNG, and the same command with --skip-existing does
+    the rest. After kill -9 a temporary file may remain (nothing can remove it), never an output."""
+    import signal
+    import subprocess
+    import sys
+
+    src = tmp_path / "in"
+    n = 20
+    for i in range(n):
+        write_png(src / f"p{i}.png", region(group_rgb, ONE_FACE_REGION))
+    out = tmp_path / "out"
+    env = dict(os.environ, **{PW_ENV: "correct horse battery staple ✓"})
+    cmd = [sys.executable, "-m", "faceveil", "protect", str(src), "--out-dir", str(out), "-j", "2",
+           "--password-env", PW_ENV, "--json", "-q"]
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and proc.poll() is None and not (
+            out.exists() and any(out.glob("*.veiled.png"))):
+        time.sleep(0.02)
+    # the whole process group, as a service manager or `kill -9` on the job would
+    os.killpg(proc.pid, getattr(signal, sig))
+    proc.communicate(timeout=120)
+    assert proc.returncode != 0
+    time.sleep(0.5)  # let orphaned workers (SIGKILL) finish dying
+    outputs = sorted(out.glob("*.veiled.png"))
+    assert 1 <= len(outputs) < n
+    for p in outputs:  # whole files only
+        assert json.loads(run_cli("inspect", p).out)["faces"]
+    leftovers = [p.name for p in out.iterdir() if not p.name.endswith(".veiled.png")]
+    if sig == "SIGTERM":
+        assert leftovers == [], leftovers
+    resumed = subprocess.run(cmd + ["--skip-existing"], env=env, capture_output=True, text=True, timeout=300)
+    assert resumed.returncode == 0, resumed.stderr
+    assert len(list(out.glob("*.veiled.png"))) == n
