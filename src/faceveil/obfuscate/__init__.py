@@ -1,6 +1,6 @@
 """Veils (pre-obfuscators). Importing this package registers the built-in ones."""
 
-from . import cartoon, filters  # noqa: F401  (register blur, pixelate, median, cartoon)
+from . import cartoon, filters, swap  # noqa: F401  (register blur, pixelate, median, cartoon, swap)
 from .registry import VEILS, Veil, apply_veil, get_veil, register
 
 __all__ = ["VEILS", "Veil", "apply_veil", "get_veil", "register"]
