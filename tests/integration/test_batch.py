@@ -524,3 +524,51 @@ def test_terminate_or_kill_leaves_only_whole_files_and_skip_existing_resumes(tmp
     resumed = subprocess.run(cmd + ["--skip-existing"], env=env, capture_output=True, text=True, timeout=300)
     assert resumed.returncode == 0, resumed.stderr
     assert len(list(out.glob("*.veiled.png"))) == n
+
+
+def test_the_password_never_reaches_a_process_list_or_a_worker_environment(tmp_path, group_rgb):
+    """While a ``-j 2`` batch runs, no faceveil process — the CLI or its workers — has the password
+    in its command line, and no worker has it in its environment (``--password-env``'s variable is
+    taken out before they start; the password reaches them through their start-up pipe). What
+    ``ps`` and ``/proc/PID/environ`` show is what any local user or crash reporter may see."""
+    import subprocess
+    import sys
+
+    import psutil
+
+    password = "correct horse battery staple ✓"
+    src = tmp_path / "in"
+    for i in range(12):
+        write_png(src / f"p{i}.png", region(group_rgb, ONE_FACE_REGION))
+    out = tmp_path / "out"
+    env = dict(os.environ, **{PW_ENV: password})
+    proc = subprocess.Popen([sys.executable, "-m", "faceveil", "protect", str(src), "--out-dir", str(out), "-j", "2",
+                             "--password-env", PW_ENV, "--json", "-q"], env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    needle = password.encode()
+    seen_workers: set[int] = set()
+    try:
+        deadline = time.monotonic() + 180
+        while time.monotonic() < deadline and proc.poll() is None:
+            try:
+                family = [psutil.Process(proc.pid), *psutil.Process(proc.pid).children(recursive=True)]
+            except psutil.NoSuchProcess:
+                break
+            for p in family:
+                try:
+                    cmdline = "\0".join(p.cmdline()).encode()
+                    environ = Path(f"/proc/{p.pid}/environ").read_bytes()
+                except (psutil.NoSuchProcess, psutil.ZombieProcess, FileNotFoundError, ProcessLookupError):
+                    continue
+                assert needle not in cmdline, f"the password is in the command line of {p.pid}"
+                if p.pid != proc.pid:
+                    seen_workers.add(p.pid)
+                    assert needle not in environ, f"the password is in the environment of worker {p.pid}"
+            time.sleep(0.05)
+        stdout, stderr = proc.communicate(timeout=180)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0, stderr
+    assert password not in stdout and password not in stderr
+    assert seen_workers, "no worker process was seen: the test checked nothing"
