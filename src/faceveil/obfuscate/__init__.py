@@ -1,6 +1,7 @@
 """Veils (pre-obfuscators). Importing this package registers the built-in ones."""
 
-from . import cartoon, filters, swap  # noqa: F401  (register blur, pixelate, median, cartoon, swap)
+from . import cartoon, filters, swap, synthetic  # noqa: F401  (register blur, pixelate, median, cartoon, swap,
+#                                                         synthetic, mask)
 from .registry import VEILS, Veil, apply_veil, get_veil, register
 
 __all__ = ["VEILS", "Veil", "apply_veil", "get_veil", "register"]

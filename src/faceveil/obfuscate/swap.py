@@ -261,16 +261,24 @@ def _face_frame(landmarks: np.ndarray) -> tuple[np.ndarray, np.ndarray, float, f
     return eyes, down, iod, span, vx, vy
 
 
-def face_mask(h: int, w: int, landmarks: np.ndarray, extent: float = 1.0, feather: float = 0.25) -> Tensor:
+#: The swap region's shape in the face's frame: centre (eyes + c · (mouth − eyes)), half width
+#: (inter-ocular distances), centre to top and centre to bottom (eye-mouth distances): from above
+#: the brows to the top of the chin, cheek to cheek.
+SWAP_SHAPE = (0.42, 1.02, 0.42 + 0.66, 0.58 + 0.52)
+
+
+def face_mask(h: int, w: int, landmarks: np.ndarray, extent: float = 1.0, feather: float = 0.25,
+              shape: tuple[float, float, float, float] = SWAP_SHAPE) -> Tensor:
     """The inner-face mask ``1×1×h×w`` (float64, in [0, 1]) of a face with ``landmarks`` (5×2
-    pixels): an egg from above the brows to the top of the chin and cheek to cheek, in the face's
-    own frame (it turns with the eye-mouth axis), 1 inside, a smoothstep ramp over the outer
-    ``feather`` of its radius, exactly 0 outside."""
+    pixels): an egg of ``shape`` (:data:`SWAP_SHAPE`) scaled by ``extent``, in the face's own frame
+    (it turns with the eye-mouth axis), narrower towards the chin, 1 inside, a smoothstep ramp over
+    the outer ``feather`` of its radius, exactly 0 outside."""
     eyes, down, iod, span, vx, vy = _face_frame(landmarks)
-    centre = eyes + down * 0.42
-    half_w = 1.02 * iod * extent
-    top = (0.42 + 0.66) * span * extent  # centre to above the brows
-    bottom = (0.58 + 0.52) * span * extent  # centre to the top of the chin
+    c, hw, up, dn = shape
+    centre = eyes + down * c
+    half_w = hw * iod * extent
+    top = up * span * extent
+    bottom = dn * span * extent
     p = _grid(h, w).numpy() - centre
     u, v = p @ vx, p @ vy
     half_h = np.where(v < 0, top, bottom)
@@ -365,10 +373,12 @@ def _likeness(lab: Tensor, centre: Tensor, spread: Tensor) -> Tensor:
     return torch.exp(-0.5 * z.sum(1, keepdim=True))
 
 
-def match_colours(donor: Tensor, target: Tensor, mask: Tensor, skin: Tensor, iod: float) -> tuple[Tensor, Tensor]:
+def match_colours(donor: Tensor, target: Tensor, mask: Tensor, skin: Tensor, iod: float,
+                  light_sigma: float = LIGHT_SIGMA) -> tuple[Tensor, Tensor]:
     """The warped donor (``B×3×H×W`` RGB) recoloured and relit to sit in ``target`` (steps 3 of
     the module docs), and how skin-like each of its pixels is. ``mask`` and ``skin`` are
-    ``1×1×H×W``. Shape: -> ``B×3×H×W``, ``B×1×H×W``."""
+    ``1×1×H×W``; ``light_sigma`` is the scale of the carried lighting in inter-ocular distances.
+    Shape: -> ``B×3×H×W``, ``B×1×H×W``."""
     b, _, h, w = donor.shape
     sel = skin.reshape(-1) > 0.05
     if int(sel.sum()) < 4:  # a face too small to sample: keep the donor's colours
@@ -386,7 +396,7 @@ def match_colours(donor: Tensor, target: Tensor, mask: Tensor, skin: Tensor, iod
     donor_skin = _likeness(lab, qt[..., 1], spread)
     known = (mask > 0.02) * _likeness(t_lab, qt[..., 1], spread) * donor_skin
     f = max(1, int(round(min(h, w) / 48)))
-    sigma = max(LIGHT_SIGMA * iod / f, 1.0)
+    sigma = max(light_sigma * iod / f, 1.0)
     small = (lambda z: F.avg_pool2d(z, f, ceil_mode=True)) if f > 1 else (lambda z: z)
     num, den = _blur(small((t_lab - lab) * known), sigma), _blur(small(known), sigma)
     corr = num / torch.maximum(den, 1e-3 * den.amax((1, 2, 3), keepdim=True)).clamp_min(1e-6)
@@ -447,22 +457,33 @@ def _check(p: dict) -> tuple[int, np.ndarray, float, float, float]:
 
 def _swap(x: Tensor, p: dict) -> Tensor:
     donor_i, frac, follow, extent, feather = _check(p)
-    b, _, h, w = x.shape
+    h, w = x.shape[-2:]
     donor = load_donors()[donor_i]
-    target_lm = frac * [w, h] - 0.5  # fractions of the crop -> pixel centres
-    warped = warp(_donor_rgba(donor_i, extent, feather), fit_map(target_lm, donor.landmarks, follow), h, w)
+    key = f"{donor_i}|{','.join(repr(float(v)) for v in (*frac.reshape(-1), follow, extent, feather))}"
+    return blend_face(x, _donor_rgba(donor_i, extent, feather), donor.landmarks, frac * [w, h] - 0.5, follow, key)
+
+
+def blend_face(x: Tensor, donor_rgba: Tensor, donor_lm: np.ndarray, target_lm: np.ndarray, follow: float,
+               key: str, *, gate: bool = True, light_sigma: float = LIGHT_SIGMA) -> Tensor:
+    """Steps 1 and 3-5 of the module docs: warp ``donor_rgba`` (``1×4×H×W`` or ``B×4×H×W`` float64,
+    RGB and the face mask drawn in the donor's frame) onto the face of ``x`` (``B×3×h×w``) whose
+    landmarks are ``target_lm`` (5×2 crop pixels), match colour and light (at ``light_sigma``
+    inter-ocular distances), add grain seeded from ``key`` (a string of the parameters alone) and
+    blend; with ``gate``, what is not skin on the donor gives way in the ramp. Shared by every veil
+    that puts another face in place."""
+    b, _, h, w = x.shape
+    warped = warp(donor_rgba, fit_map(target_lm, donor_lm, follow), h, w)
     mask = warped[:, 3:4]
     target = x.detach().double()
     skin = skin_weights(h, w, target_lm)
     iod = float(np.hypot(*(target_lm[1] - target_lm[0])))
-    face, donor_skin = match_colours(warped[:, :3].expand(b, -1, -1, -1), target, mask, skin, iod)
+    face, donor_skin = match_colours(warped[:, :3].expand(b, -1, -1, -1), target, mask, skin, iod, light_sigma)
     # the grain an average face lacks, seeded from the parameters alone
-    key = f"{donor_i}|{','.join(repr(float(v)) for v in (*frac.reshape(-1), follow, extent, feather))}"
     seed = int.from_bytes(hashlib.sha256(key.encode()).digest()[:8], "big") >> 1
     lack = (_fine_level(target, skin) ** 2 - _fine_level(face, skin) ** 2).clamp_min(0).sqrt()
     face = (face + lack.view(-1, 1, 1, 1) * grain(h, w, seed)).clamp(0, 1)
     # in the ramp, what is not skin on the donor (an average's hair at the temples) gives way
-    alpha = mask * (1 - (1 - donor_skin) * ((1 - mask) * 2).clamp(0, 1))
+    alpha = mask * (1 - (1 - donor_skin) * ((1 - mask) * 2).clamp(0, 1)) if gate else mask
     return (face * alpha + target * (1 - alpha)).to(x.dtype)
 
 
