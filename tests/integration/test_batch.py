@@ -316,8 +316,11 @@ def test_ctrl_c_with_workers_finishes_what_runs_and_cancels_the_rest(tmp_path, g
     out = tmp_path / "out"
     env = dict(os.environ, **{PW_ENV: "correct horse battery staple ✓"})
     # A process started with SIGINT ignored keeps ignoring it (POSIX; Python then installs no
-    # KeyboardInterrupt handler), and inside the whole test session SIGINT was found ignored by
-    # then: the child gets the default disposition, as in a terminal.
+    # KeyboardInterrupt handler). No test does that: a non-interactive shell starts its background
+    # jobs (`cmd &`, as CI runners and job tools do) with SIGINT ignored, and pytest inherits it —
+    # `sh -c 'python -c "import signal; print(signal.getsignal(2))" & wait'` prints 1 (SIG_IGN); a
+    # plugin watching SIGINT around every test's setup, call and teardown saw no test change it. So
+    # the child gets the default disposition, as in a terminal.
     proc = subprocess.Popen([sys.executable, "-m", "faceveil", "protect", str(src), "--out-dir", str(out), "-j", "2",
                              "--password-env", PW_ENV, "--json", "-q"], env=env, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True,
