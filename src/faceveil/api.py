@@ -328,7 +328,7 @@ def protect(image: ImageLike, password: str | bytes, *, veil: str = "blur", veil
     out, done = protect_array(img.rgb, plans, master, lm, progress)
     infos = [FaceInfo(p.index, p.box, p.crop, p.score, p.veil, p.params) for p in done]
     record = ct.Record(
-        format_version=2 if lm.net.config.scramble else 1,
+        format_version=lm.net.config.format_version,
         software=f"faceveil {__version__}",
         model=ct.ModelRef(name=lm.name, sha256=lm.sha256),
         kdf=ct.KdfParams(name=kdf_params["name"], n=kdf_params["n"], r=kdf_params["r"], p=kdf_params["p"],
@@ -414,9 +414,11 @@ def _model_for(record: ct.Record, model: str | LoadedModel | None) -> LoadedMode
                          f"(weights sha256 {record.model.sha256[:12]}…), which this installation does not "
                          f"have (it has {lm.name!r}, {lm.sha256[:12]}…); install the faceveil version that "
                          f"wrote it ({record.software})")
-    if lm.net.config.scramble and record.format_version < 2:
+    needed = lm.net.config.format_version
+    if record.format_version != needed:
+        what = {1: "hides the face itself", 2: "scrambles the face", 3: "scrambles the residual"}[needed]
         raise ContainerError(f"the record says format version {record.format_version}, but model {lm.name!r} "
-                             "scrambles the face (version 2): the record was altered")
+                             f"{what} (version {needed}): the record was altered")
     return lm
 
 

@@ -10,9 +10,10 @@ The paper derives the ±1 map k with PBKDF2, a constant salt and 10 iterations. 
 4. For face ``i`` with a crop of ``h×w`` pixels: ``subkey = HKDF(master, "secret map" ‖ i ‖ h ‖ w)``,
    then ``SHAKE-256(subkey)`` streams ``h·w`` bits, read row-major into the ±1 map k (eq. (5)).
    ``K = DWT(k)`` (eq. (6)) happens inside the network.
-5. For a scrambling network (format version 2): ``SHAKE-256(HKDF(master, "scramble" ‖ i ‖ h ‖ w))``
+5. For a scrambling network (format versions 2 and 3): ``SHAKE-256(HKDF(master, "scramble" ‖ i ‖ h ‖ w))``
    streams ``3·h·w`` more bits, the ±1 sign of every wavelet coefficient of the crop's three colour
-   channels (:mod:`faceveil.nn.scramble`), a key independent of k.
+   channels (:mod:`faceveil.nn.scramble`) — of the face (2) or of its residual ``x − y`` (3) — a key
+   independent of k.
 
 The password and every derived key live only in memory; nothing here logs them.
 """

@@ -26,7 +26,6 @@ from .errors import ShapeError
 from .keys import MasterKey
 from .models.zoo import LoadedModel
 from .nn.haar import dwt, iwt
-from .nn.scramble import scramble
 from .nn.tiling import tiled_apply
 from .obfuscate import apply_veil, get_veil
 from .obfuscate.registry import check_strength
@@ -89,7 +88,7 @@ def protect_face(crop_rgb: np.ndarray, plan: FacePlan, master: MasterKey | None,
     else:
         # a scrambling network: the whole crop is scrambled once, then hidden tile by tile
         if k.shape[1] > 1:
-            x = scramble(x, k[:, 1:])
+            x = net.payload(x, y, k[:, 1:])
         y_hat = _run(model, lambda a, b, c: net.protect(a, b, c, scrambled=True)[0], [x, y, k[:, :1]])
     return to_uint8(y_hat), params
 
@@ -107,9 +106,9 @@ def recover_face(crop_rgb: np.ndarray, index: int, master: MasterKey | None, mod
         aux = torch.randn((1, 12, h // 2, w // 2), generator=gen)
         x = _run(model, lambda a, n: net.recover(a, None, aux=dwt(n))[0], [y_hat, iwt(aux)])
     else:
-        x = _run(model, lambda a, c: net.recover(a, c)[0], [y_hat, k[:, :1]])
-        if k.shape[1] > 1:
-            x = scramble(x, k[:, 1:])
+        # both branches of the reverse pass, tile by tile: the payload and the veil
+        xy = _run(model, lambda a, c: torch.cat(net.recover(a, c), 1), [y_hat, k[:, :1]])
+        x = xy[:, :3] if k.shape[1] == 1 else net.unpayload(xy[:, :3], xy[:, 3:], k[:, 1:])
     return to_uint8(x)
 
 

@@ -118,7 +118,7 @@ def test_round_trip(record):
 
 def test_example_json_shape():
     d = json.loads(example_record().to_json())
-    assert d["format"] == "faceveil" and d["format_version"] == 1 and C.FORMAT_VERSION == 2
+    assert d["format"] == "faceveil" and d["format_version"] == 1 and C.FORMAT_VERSION == 3
     assert d["image"] == {"width": 640, "height": 480}
     assert d["kdf"] == {"name": "scrypt", "n": 65536, "r": 8, "p": 1,
                         "salt": base64.b64encode(bytes(range(16))).decode()}
@@ -144,19 +144,21 @@ def test_canonical_bytes_stable():
     assert hashlib.sha256(pinned).hexdigest() == PINNED_SHA256
 
 
-def test_version_2_round_trips_and_is_covered_by_the_mac():
+@pytest.mark.parametrize("version", [2, 3])
+def test_versions_2_and_3_round_trip_and_are_covered_by_the_mac(version):
     key = b"m" * 32
-    r2 = example_record(format_version=2).with_mac(key)
+    r2 = example_record(format_version=version).with_mac(key)
     back = Record.from_json(r2.to_json())
-    assert back.format_version == 2 and json.loads(r2.to_json())["format_version"] == 2
+    assert back.format_version == version and json.loads(r2.to_json())["format_version"] == version
     assert compute_mac(back, key) == back.mac
-    # a version-2 record relabelled as version 1 (to dodge the scramble) no longer verifies
-    relabelled = json.loads(r2.to_json())
-    relabelled["format_version"] = 1
-    down = Record.from_json(json.dumps(relabelled))
-    assert compute_mac(down, key) != down.mac
+    # a scrambling record relabelled as an older version (to dodge the scramble) no longer verifies
+    for older in range(1, version):
+        relabelled = json.loads(r2.to_json())
+        relabelled["format_version"] = older
+        down = Record.from_json(json.dumps(relabelled))
+        assert compute_mac(down, key) != down.mac
     assert Record.__dataclass_fields__["format_version"].default == C.FORMAT_VERSION
-    for bad in (0, 3, True, "2"):
+    for bad in (0, 4, True, "2"):
         with pytest.raises(ContainerError, match="format_version"):
             example_record(format_version=bad)
 
@@ -238,9 +240,9 @@ def mutated(path, value):
     return json.dumps(d, allow_nan=True)
 
 
-@pytest.mark.parametrize("version", [0, 3, 99, -1, 10 ** 30])
+@pytest.mark.parametrize("version", [0, 4, 99, -1, 10 ** 30])
 def test_unknown_version_names_supported(version):
-    parse_must_fail(mutated(["format_version"], version), match="reads version 1, 2")
+    parse_must_fail(mutated(["format_version"], version), match="reads version 1, 2, 3")
 
 
 @pytest.mark.parametrize("path,value,match", [

@@ -148,3 +148,79 @@ def test_photo_pipeline_scrambles_whole_crops_then_tiles(rng, monkeypatch):
     assert np.abs(prot.astype(int) - whole.astype(int)).max() <= 1  # float summation order only
     rec = pipeline.recover_face(prot, 1, master, lm)
     assert np.abs(rec.astype(int) - rec_whole.astype(int)).max() <= 1
+
+
+# -- format 3: the scrambled residual --------------------------------------------------------------
+
+def test_residual_network_round_trips_through_the_veil_branch(rng):
+    """A residual network hides S(0.5 + x − y) and recovers y̌ + S(p̌) − 0.5: with the true
+    by-product the flow is exact, so both branches come back and so does x."""
+    from tests.unit.test_nn import randomise
+
+    net = build("proface-s-residual").double()
+    randomise(net, rng)
+    assert net.key_channels == 4 and net.config.format_version == 3
+    assert build("proface-s-scramble").config.format_version == 2 and build("proface-s").config.format_version == 1
+    x = torch.rand(2, 3, 32, 48, generator=rng, dtype=torch.float64)
+    y = torch.rand(2, 3, 32, 48, generator=rng, dtype=torch.float64)
+    k = (torch.randint(0, 2, (2, 4, 32, 48), generator=rng) * 2 - 1).double()
+    p = net.payload(x, y, k[:, 1:])
+    assert torch.allclose(p, S.scramble(x - y + 0.5, k[:, 1:]), atol=1e-12)
+    assert torch.allclose((p - 0.5).pow(2).sum(), (x - y).pow(2).sum(), rtol=1e-10)  # energy kept
+    y_hat, _ = net.protect(x, y, k)
+    K = net.secret_map(k, x)
+    Xs, Ys = net.flow(dwt(p), dwt(y), K)
+    assert torch.allclose(iwt(Ys), y_hat, atol=1e-12)
+    Xr, Yr = net.flow(Xs, Ys, K, rev=True)
+    assert torch.allclose(iwt(Yr), y, atol=1e-10)
+    assert torch.allclose(net.unpayload(iwt(Xr), iwt(Yr), k[:, 1:]), x, atol=1e-10)
+    # recover(): with the full key, y̌ + S(p̌) − 0.5; with the map alone, the raw payload and y̌
+    full, y_rec = net.recover(y_hat, k)
+    raw, y_rec2 = net.recover(y_hat, k[:, :1])
+    assert torch.allclose(y_rec, y_rec2) and torch.allclose(y_rec + S.scramble(raw, k[:, 1:]) - 0.5, full, atol=1e-10)
+    y_hat2, _ = net.protect(p, y, k[:, :1], scrambled=True)
+    assert torch.allclose(y_hat, y_hat2, atol=1e-12)
+    # the payload of a blurred face is far smaller than the scrambled face itself
+    face = torch.nn.functional.interpolate(torch.rand(1, 3, 8, 8, generator=rng, dtype=torch.float64),
+                                           size=64, mode="bilinear", align_corners=False)
+    from faceveil.obfuscate import apply_veil
+
+    blurred, _ = apply_veil(face.float(), "blur")
+    s = signs_like(face)
+    assert (net.payload(face, blurred.double(), s) - 0.5).pow(2).mean() < 0.2 * (S.scramble(face, s) - 0.5).pow(2).mean()
+
+
+def test_residual_needs_a_scrambling_network():
+    with pytest.raises(ValueError, match="scramble"):
+        INNConfig.from_dict({"residual": True})
+    assert INNConfig.from_dict({"scramble": True}).residual is False  # version-2 weights load unchanged
+
+
+def test_photo_pipeline_hides_the_residual_of_whole_crops_then_tiles(rng, monkeypatch):
+    """Format 3 through the pipeline: the residual of the whole crop is scrambled once and hidden
+    tile by tile; protection equals one untiled pass, and recovery (both branches, tiled) mirrors
+    an untiled recover()."""
+    from faceveil import pipeline
+    from faceveil.detect.geometry import CropBox
+    from faceveil.models.zoo import LoadedModel
+    from faceveil.obfuscate import apply_veil
+    from tests.unit.test_nn import randomise
+
+    net = build("proface-s-residual")
+    randomise(net, rng, std=0.01)
+    net.eval()
+    lm = LoadedModel(name="test-residual", net=net, sha256="00" * 32)
+    monkeypatch.setattr(pipeline, "TILE", 32)
+    master = derive_master_key("pw", new_salt(), CHEAP)
+    crop = (np.random.default_rng(1).random((80, 80, 3)) * 255).astype(np.uint8)
+    plan = pipeline.FacePlan(index=0, box=(0.0, 0.0, 80.0, 80.0), crop=CropBox(0, 0, 80, 80), veil="pixelate")
+    prot, params = pipeline.protect_face(crop, plan, master, lm)
+    x = pipeline.to_tensor(crop)
+    k = master.secret_map(0, 80, 80, scramble=True)
+    with torch.inference_mode():
+        y, _ = apply_veil(x, "pixelate", params)
+        whole = pipeline.to_uint8(net.protect(x, y, k)[0])
+        rec_whole = pipeline.to_uint8(net.recover(pipeline.to_tensor(prot), k)[0])
+    assert np.abs(prot.astype(int) - whole.astype(int)).max() <= 1
+    rec = pipeline.recover_face(prot, 0, master, lm)
+    assert np.abs(rec.astype(int) - rec_whole.astype(int)).max() <= 1

@@ -130,8 +130,8 @@ NULL_MAPS = {
 }
 
 
-PERFECT = "perfect inversion: the scrambled face x' itself"
-MAGNITUDES = "x' with every wavelet sign set to +"
+PERFECT = "perfect inversion: the scrambled payload itself"
+MAGNITUDES = "the payload with every wavelet sign set to +"
 
 
 def null_keys(ctx: Context, probes, model=None, maps: tuple[str, ...] | None = None,
@@ -154,7 +154,7 @@ def null_keys(ctx: Context, probes, model=None, maps: tuple[str, ...] | None = N
     for veil in veils or sorted(VEILS):
         ctx.say(f"keyless: out-of-range maps, {model.name}, {veil}")
         master = derive_master_key(ctx.password, new_salt(), ctx.kdf)
-        prot, veiled = [], []
+        prot, veiled, veiled_f = [], [], []
         for j, p in enumerate(probes):
             plan = _plan(p.rgb.shape[0], veil)
             plan.index = j
@@ -163,6 +163,7 @@ def null_keys(ctx: Context, probes, model=None, maps: tuple[str, ...] | None = N
                 y, _ = apply_veil(t(p.rgb), veil, params)
             prot.append(t(pr))
             veiled.append(t(u8(y)))
+            veiled_f.append(y)
         yq, vv = torch.cat(prot), torch.cat(veiled)
         row = {}
         for name in maps:
@@ -182,8 +183,12 @@ def null_keys(ctx: Context, probes, model=None, maps: tuple[str, ...] | None = N
 
             signs = torch.cat([master.secret_map(j, p.rgb.shape[0], p.rgb.shape[1], True)[:, 1:]
                                for j, p in enumerate(probes)])
-            xs = S.scramble(x, signs)
-            mags = S.inverse(S.forward(xs - 0.5).abs()) + 0.5
+            # format 2: the scrambled face x'; format 3: the veil (the reverse pass's cover branch)
+            # plus the scrambled residual — what recovery gives with every scramble sign wrong
+            yf = torch.cat(veiled_f)
+            base = yf if net.config.residual else torch.zeros_like(yf)
+            xs = base + net.payload(x, yf, signs)
+            mags = base + S.inverse(S.forward(xs - base - 0.5).abs()) + 0.5
             for name, im in ((PERFECT, xs), (MAGNITUDES, mags)):
                 im = torch.cat([t(u8(im[i:i + 1])) for i in range(im.shape[0])])
                 row[name] = {"vs_original": quality_summary(quality(im, x)),
@@ -364,11 +369,12 @@ def markdown(r: dict) -> str:
                               "mean cosine"], rows))
         out.append("\nA password can only produce a ±1 map, but the attacker may feed the network anything. Any "
                    "identity above the veil's row is recovered **without the password**. The structured ±1 maps "
-                   "(all +1, checkerboard) tell *out-of-range values* from *maps no password gives*. A format-2 "
-                   "model (keyed scramble, `src/faceveil/nn/scramble.py`) hides a scramble of the face whose signs "
-                   "come from the password, not from the network: the rows *perfect inversion* (the scrambled face "
-                   "x' itself, the best any inversion can give) and *every wavelet sign set to +* (what the "
-                   "magnitudes alone show) bound what any keyless inversion can get.\n\n**B. A learned decoder.** ")
+                   "(all +1, checkerboard) tell *out-of-range values* from *maps no password gives*. A scrambling "
+                   "model (keyed scramble, `src/faceveil/nn/scramble.py`) hides a scramble whose signs come from the "
+                   "password, not from the network — of the face (format 2) or of the residual x − y (format 3): the "
+                   "rows *perfect inversion* (the scrambled payload itself, for format 3 added to the veil, the best "
+                   "any inversion can give) and *every wavelet sign set to +* (what the magnitudes alone show) bound "
+                   "what any keyless inversion can get.\n\n**B. A learned decoder.** ")
     out.append(f"Both decoders trained {r['seconds_per_decoder']:g} s each on this machine with "
                "`benchmarks/attack_decoder.py`'s decoder, input and loop; scored on held-out LFW faces "
                "(8-bit veils at their test settings; decoder output rounded to 8 bits). Identity: the "

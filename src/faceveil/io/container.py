@@ -38,11 +38,12 @@ from ..errors import ContainerError, UsageError
 log = logging.getLogger(__name__)
 
 FORMAT_NAME = "faceveil"
-FORMAT_VERSION = 2
-SUPPORTED_VERSIONS = (1, 2)
+FORMAT_VERSION = 3
+SUPPORTED_VERSIONS = (1, 2, 3)
 # Version 2 (docs/FORMAT.md, "Versioning"): the hidden face may be a keyed wavelet scramble of the
-# original (faceveil.nn.scramble), as the named model's config says. A file made with a model that
-# does not scramble is written as version 1, which version-1 readers still recover.
+# original (faceveil.nn.scramble), as the named model's config says. Version 3: a keyed scramble of
+# the residual x − y instead. A file is written with the lowest version its model needs
+# (INNConfig.format_version), so older readers still recover what they can.
 TEXT_KEY = "faceveil"
 """Keyword of the PNG iTXt chunk that carries the record."""
 
@@ -412,7 +413,8 @@ class Record:
         pixels_sha256: optional sha256 (64 hex) of the protected pixels as written, so recovery can
             tell that the PNG was edited or re-encoded (the writer defines the digest's input).
         software: the writer, e.g. ``"faceveil 0.1.0"`` (informational).
-        format_version: 1, or 2 when the model hides a keyed scramble of the face.
+        format_version: 1; 2 when the model hides a keyed scramble of the face; 3 when it hides a
+            keyed scramble of the residual ``x − y``.
         extra: unknown top-level fields of a newer writer, kept verbatim (and covered by the MAC);
             faceveil itself writes none.
     """

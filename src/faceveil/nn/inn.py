@@ -8,6 +8,16 @@ models, or by Gaussian noise for IMN (IMN eq. (6)-(8)).
 Networks with ``scramble`` (file format version 2) hide the keyed scramble of ``x`` instead of ``x``
 (:mod:`.scramble`): their key is ``B×4×H×W``, the secret map k in channel 0 and one ±1 sign per
 wavelet coefficient of the three colour channels in channels 1-3.
+
+Networks with ``residual`` as well (file format version 3) hide the keyed scramble of the
+*residual* ``x − y`` — what the veil removed — and recovery adds it back to the veil that the
+reverse pass returns in its cover branch: ``x̌ = y̌ + S(p̌) − 0.5`` (:meth:`HidingNet.unpayload`).
+Why: the network embeds its payload as a small perturbation of ``y`` that must survive 8-bit
+rounding, so what it can carry back is bounded by the payload's energy over the rounding noise's
+(an analog channel). A sign-scrambled face keeps the full energy of the face (RMS 67 of 255 on LFW
+crops); the scrambled residual keeps only the residual's (RMS 17-22 for blur, pixelate and
+median; ``python tools/payload_energy.py``), for the same password-bound security: without the
+signs, even a perfect inversion yields the veil and a coin-flip-signed residual.
 """
 
 from __future__ import annotations
@@ -35,6 +45,7 @@ class INNConfig:
     depth: int = 5
     image_channels: int = 3
     scramble: bool = False  # hide a keyed wavelet scramble of x (format version 2); needs keyed
+    residual: bool = False  # hide the keyed scramble of x − y instead (format version 3); needs scramble
 
     @classmethod
     def from_dict(cls, d: dict) -> "INNConfig":
@@ -45,7 +56,15 @@ class INNConfig:
         cfg = cls(**d)
         if cfg.scramble and not cfg.keyed:
             raise ValueError("a scrambling network must be keyed")
+        if cfg.residual and not cfg.scramble:
+            raise ValueError("a residual network must scramble")
         return cfg
+
+    @property
+    def format_version(self) -> int:
+        """The protected-file format this network writes (docs/FORMAT.md): 1 plain, 2 scrambled
+        face, 3 scrambled residual."""
+        return 3 if self.residual else 2 if self.scramble else 1
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -123,9 +142,9 @@ class HidingNet(nn.Module):
                 scrambled: bool = False) -> tuple[Tensor, Tensor]:
         """Hide ``x`` in ``y``: returns ``(ŷ, x̂)`` (eq. (7)-(13)).
 
-        A scrambling network scrambles ``x`` with the key's signs first; ``scrambled=True`` says the
-        caller already did (the photo pipeline scrambles a whole crop, then hides it tile by tile)
-        and lets the key be the secret map alone.
+        A scrambling network hides :meth:`payload` (the scrambled face or residual) instead of
+        ``x``; ``scrambled=True`` says ``x`` already is that payload (the photo pipeline scrambles a
+        whole crop, then hides it tile by tile) and lets the key be the secret map alone.
         """
         self._check_image(x, "original")
         self._check_image(y, "veil")
@@ -137,9 +156,20 @@ class HidingNet(nn.Module):
             if signs is None:
                 raise ShapeError("this network scrambles the original: the key must carry the scramble "
                                  f"signs (B×{self.key_channels}×H×W)")
-            x = _scramble(x, signs)
+            x = self.payload(x, y, signs)
         X, Y = self.flow(dwt(x), dwt(y), K)
         return iwt(Y), iwt(X)
+
+    def payload(self, x: Tensor, y: Tensor, signs: Tensor) -> Tensor:
+        """What a scrambling network hides: ``S(x)`` (format 2) or ``S(0.5 + x − y)`` (format 3),
+        ``S`` the keyed wavelet scramble with ``signs`` (``B×3×H×W`` ±1, :mod:`.scramble`)."""
+        return _scramble(x - y + 0.5 if self.config.residual else x, signs)
+
+    def unpayload(self, p: Tensor, y_rec: Tensor, signs: Tensor) -> Tensor:
+        """The inverse of :meth:`payload` on recovery: ``S(p̌)`` or ``y̌ + S(p̌) − 0.5``, with ``y̌``
+        the veil returned by the reverse pass."""
+        s = _scramble(p, signs)
+        return y_rec + s - 0.5 if self.config.residual else s
 
     def auxiliary(self, y_hat: Tensor, K: Tensor | None, generator: torch.Generator | None = None) -> Tensor:
         """What stands in for the lost by-product: ``K‖K‖K`` (keyed) or N(0, 1) noise (IMN)."""
@@ -154,18 +184,19 @@ class HidingNet(nn.Module):
         """Lift the veil: returns ``(x̌, y̌)`` (eq. (14)-(17)).
 
         ``aux`` overrides the substitute for the by-product branch (sub-band domain, ``B×12×H/2×W/2``).
-        A scrambling network unscrambles ``x̌`` with the key's signs; given the secret map alone it
-        returns the still-scrambled payload — all that anyone without the password can get.
+        A scrambling network unscrambles ``x̌`` with the key's signs (:meth:`unpayload`); given the
+        secret map alone it returns the still-scrambled payload — all that anyone without the
+        password can get.
         """
         self._check_image(y_hat, "protected image")
         K = self.secret_map(key_map, y_hat)
         X = self.auxiliary(y_hat, K, generator) if aux is None else aux
         X, Y = self.flow(X, dwt(y_hat), K, rev=True)
-        x = iwt(X)
+        x, y = iwt(X), iwt(Y)
         signs = self._signs(key_map)
         if signs is not None:
-            x = _scramble(x, signs)
-        return x, iwt(Y)
+            x = self.unpayload(x, y, signs)
+        return x, y
 
 
 def count_parameters(module: nn.Module) -> int:
