@@ -158,6 +158,8 @@ def test_strength_scales_the_veil(client, two_faces):
     ({"password": "x", "boxes": "{"}, "group", 422, "invalid_field"),
     ({"password": "x", "boxes": "[[10,10,5,5]]"}, "group", 422, "invalid_field"),
     ({"password": "x" * 2000}, "group", 422, "invalid_field"),
+    ({"password": ["x", "y"]}, "group", 422, "invalid_field"),                       # a field twice
+    ({"password": "x", "boxes": ["[]", "[[1,1,9,9]]"]}, "group", 422, "invalid_field"),
 ])
 def test_protect_bad_fields(client, data, files, status, code):
     if files == "group":

@@ -46,10 +46,12 @@ MAX_FIELD_BYTES = 64 * 1024  # any part that is not the image
 
 def parse_form(body: bytes, content_type: str | None, *, file_fields: frozenset[str] = frozenset({"image"})
                ) -> dict[str, Part]:
-    """Parse ``body``; returns the parts by name (the first of repeated names wins).
+    """Parse ``body``; returns the parts by name.
 
     Raises :class:`FormError` with status 415 when the request is not multipart/form-data, 400 when
-    the message is malformed or has too many parts, 413 when a text field is too long.
+    the message is malformed or has too many parts, 413 when a text field is too long, 422 when a
+    field is given more than once (every field is a single value: which copy was meant is not ours
+    to guess, and schemathesis rightly flags a server that picks one).
     """
     ctype, opts = parse_options_header(content_type or "")
     if ctype != b"multipart/form-data":
@@ -113,5 +115,7 @@ def parse_form(body: bytes, content_type: str | None, *, file_fields: frozenset[
         raise FormError(f"malformed multipart/form-data body ({type(e).__name__})") from None
     out: dict[str, Part] = {}
     for p in parts:
-        out.setdefault(p.name, p)
+        if p.name in out:
+            raise FormError(f"form field {p.name!r} is given more than once", "invalid_field", 422)
+        out[p.name] = p
     return out
