@@ -159,6 +159,9 @@ def test_strength_scales_the_veil(client, two_faces):
     ({"password": "x", "boxes": "[[10,10,5,5]]"}, "group", 422, "invalid_field"),
     ({"password": "x" * 2000}, "group", 422, "invalid_field"),
     ({"password": ["x", "y"]}, "group", 422, "invalid_field"),                       # a field twice
+    ({"password": "x", "veil": ""}, "group", 422, "invalid_field"),                    # present but empty
+    ({"password": "x", "strength": ""}, "group", 422, "invalid_field"),
+    ({"password": "x", "boxes": ""}, "group", 422, "invalid_field"),
     ({"password": "x", "boxes": ["[]", "[[1,1,9,9]]"]}, "group", 422, "invalid_field"),
 ])
 def test_protect_bad_fields(client, data, files, status, code):

@@ -322,7 +322,7 @@ def create_app(config: ServeConfig | None = None):
             value = part.text(name, max_chars).strip()
         except FormError as e:
             raise ApiError(e.status, e.code, str(e)) from None
-        return value or None
+        return value  # present but empty is "", not absent: an empty veil or strength is an error
 
     def filename_stem(form: dict[str, Part], default: str = "photo") -> str:
         fn = form["image"].filename if "image" in form else None
@@ -416,7 +416,8 @@ def create_app(config: ServeConfig | None = None):
             form = await read_form(request)
             data = image_part(form)
             password = password_part(form)
-            veil = text_part(form, "veil", 64) or "blur"
+            veil = text_part(form, "veil", 64)
+            veil = "blur" if veil is None else veil
             try:
                 get_veil(veil)
             except VeilError as e:
