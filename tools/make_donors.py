@@ -103,12 +103,15 @@ DATASET = {
 }
 
 
-def detect_all(root: Path, rows: list[dict]) -> dict[int, np.ndarray]:
-    """Row index -> 5×2 landmarks for the adult faces that pass the quality filter."""
+def detect_all(root: Path, rows: list[dict], *, min_age: int = 18, min_score: float = 0.85, max_yaw: float = 0.12,
+               max_roll: float = 12.0, iod: tuple[float, float] = (35.0, 80.0)) -> dict[int, np.ndarray]:
+    """Row index -> 5×2 landmarks for the faces aged ``min_age``+ that pass the quality filter: a
+    confident (``min_score``), near-frontal (nose within ``max_yaw`` inter-ocular distances of the
+    eyes' midpoint), upright (roll ≤ ``max_roll`` degrees) face of a sensible size (``iod`` px)."""
     det = get_detector("yunet", threshold=0.5)
     out = {}
     for i, r in enumerate(rows):
-        if int(r["age"]) < 18:
+        if int(r["age"]) < min_age:
             continue
         with Image.open(root / r["file"]) as im:
             rgb = np.asarray(im.convert("RGB"))
@@ -118,10 +121,10 @@ def detect_all(root: Path, rows: list[dict]) -> dict[int, np.ndarray]:
             continue
         f = min(faces, key=lambda f: (f.center[0] - w / 2) ** 2 + (f.center[1] - h / 2) ** 2 - 100 * f.score)
         lm = np.asarray(f.landmarks, np.float64)
-        iod = float(np.hypot(*(lm[1] - lm[0])))
-        yaw = (lm[2, 0] - (lm[0, 0] + lm[1, 0]) / 2) / max(iod, 1e-6)
+        d = float(np.hypot(*(lm[1] - lm[0])))
+        yaw = (lm[2, 0] - (lm[0, 0] + lm[1, 0]) / 2) / max(d, 1e-6)
         roll = np.degrees(np.arctan2(lm[1, 1] - lm[0, 1], lm[1, 0] - lm[0, 0]))
-        if f.score >= 0.85 and abs(yaw) <= 0.12 and abs(roll) <= 12 and 35 <= iod <= 80:
+        if f.score >= min_score and abs(yaw) <= max_yaw and abs(roll) <= max_roll and iod[0] <= d <= iod[1]:
             out[i] = lm
     return out
 

@@ -48,33 +48,7 @@ from faceveil.obfuscate import facegen as G  # noqa: E402
 from faceveil.obfuscate.swap import _pixel_grid, fit_map  # noqa: E402
 from faceveil.obfuscate.synthetic import REGION_EXTENT, region_mask  # noqa: E402
 from faceveil.train.losses import msgrad_distance  # noqa: E402
-from make_donors import DATASET, TEMPLATE, load_rgb  # noqa: E402
-
-
-def detect(root: Path, rows: list[dict]) -> dict[int, np.ndarray]:
-    from PIL import Image
-
-    from faceveil.detect import get_detector
-
-    det = get_detector("yunet", threshold=0.5)
-    out = {}
-    for i, r in enumerate(rows):
-        if int(r["age"]) < 16:
-            continue
-        with Image.open(root / r["file"]) as im:
-            rgb = np.asarray(im.convert("RGB"))
-        h, w = rgb.shape[:2]
-        faces = [f for f in det.detect(rgb) if f.landmarks is not None]
-        if not faces:
-            continue
-        f = min(faces, key=lambda f: (f.center[0] - w / 2) ** 2 + (f.center[1] - h / 2) ** 2 - 100 * f.score)
-        lm = np.asarray(f.landmarks, np.float64)
-        iod = float(np.hypot(*(lm[1] - lm[0])))
-        yaw = (lm[2, 0] - (lm[0, 0] + lm[1, 0]) / 2) / max(iod, 1e-6)
-        roll = np.degrees(np.arctan2(lm[1, 1] - lm[0, 1], lm[1, 0] - lm[0, 0]))
-        if f.score >= 0.8 and abs(yaw) <= 0.2 and abs(roll) <= 15 and 30 <= iod <= 85:
-            out[i] = lm
-    return out
+from make_donors import DATASET, TEMPLATE, detect_all, load_rgb  # noqa: E402
 
 
 def aligned_faces(root: Path, rows: list[dict], lms: dict[int, np.ndarray], region: torch.Tensor) -> torch.Tensor:
@@ -134,7 +108,7 @@ def main(argv: list[str] | None = None) -> int:
     else:
         with open(args.data / "utkface_128" / "meta.csv", newline="") as f:
             rows = list(csv.DictReader(f))
-        lms = detect(args.data, rows)
+        lms = detect_all(args.data, rows, min_age=16, min_score=0.8, max_yaw=0.2, max_roll=15.0, iod=(30.0, 85.0))
         faces = aligned_faces(args.data, rows, lms, core)
         torch.save(faces, faces_pt)
     n = faces.shape[0]

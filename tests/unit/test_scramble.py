@@ -121,32 +121,35 @@ def test_scramble_needs_a_keyed_network():
     assert INNConfig.from_dict({}).scramble is False  # version-1 weights files load unchanged
 
 
-def test_photo_pipeline_scrambles_whole_crops_then_tiles(rng, monkeypatch):
-    """The pipeline scrambles a crop once and hides it tile by tile: the result must equal one
-    untiled pass of the network with the full key, and recovery must mirror it."""
+@pytest.mark.parametrize(("arch", "veil", "index"), [("proface-s-scramble", "blur", 1),
+                                                    ("proface-s-residual", "pixelate", 0)])
+def test_photo_pipeline_scrambles_whole_crops_then_tiles(rng, monkeypatch, arch, veil, index):
+    """The pipeline scrambles a crop's payload once (the face, format 2; the residual, format 3)
+    and hides it tile by tile: the result must equal one untiled pass of the network with the full
+    key, and recovery (both reverse branches, tiled) must mirror an untiled recover()."""
     from faceveil import pipeline
     from faceveil.detect.geometry import CropBox
     from faceveil.models.zoo import LoadedModel
     from faceveil.obfuscate import apply_veil
     from tests.unit.test_nn import randomise
 
-    net = build("proface-s-scramble")
+    net = build(arch)
     randomise(net, rng, std=0.01)
     net.eval()
-    lm = LoadedModel(name="test-scramble", net=net, sha256="00" * 32)
+    lm = LoadedModel(name=f"test-{arch}", net=net, sha256="00" * 32)
     monkeypatch.setattr(pipeline, "TILE", 32)  # 80-px crop -> 3×3 tiles
     master = derive_master_key("pw", new_salt(), CHEAP)
-    crop = (np.random.default_rng(0).random((80, 80, 3)) * 255).astype(np.uint8)
-    plan = pipeline.FacePlan(index=1, box=(0.0, 0.0, 80.0, 80.0), crop=CropBox(0, 0, 80, 80), veil="blur")
+    crop = (np.random.default_rng(index).random((80, 80, 3)) * 255).astype(np.uint8)
+    plan = pipeline.FacePlan(index=index, box=(0.0, 0.0, 80.0, 80.0), crop=CropBox(0, 0, 80, 80), veil=veil)
     prot, params = pipeline.protect_face(crop, plan, master, lm)
     x = pipeline.to_tensor(crop)
-    k = master.secret_map(1, 80, 80, scramble=True)
+    k = master.secret_map(index, 80, 80, scramble=True)
     with torch.inference_mode():
-        y, _ = apply_veil(x, "blur", params)
+        y, _ = apply_veil(x, veil, params)
         whole = pipeline.to_uint8(net.protect(x, y, k)[0])
         rec_whole = pipeline.to_uint8(net.recover(pipeline.to_tensor(prot), k)[0])
     assert np.abs(prot.astype(int) - whole.astype(int)).max() <= 1  # float summation order only
-    rec = pipeline.recover_face(prot, 1, master, lm)
+    rec = pipeline.recover_face(prot, index, master, lm)
     assert np.abs(rec.astype(int) - rec_whole.astype(int)).max() <= 1
 
 
@@ -194,33 +197,3 @@ def test_residual_needs_a_scrambling_network():
     with pytest.raises(ValueError, match="scramble"):
         INNConfig.from_dict({"residual": True})
     assert INNConfig.from_dict({"scramble": True}).residual is False  # version-2 weights load unchanged
-
-
-def test_photo_pipeline_hides_the_residual_of_whole_crops_then_tiles(rng, monkeypatch):
-    """Format 3 through the pipeline: the residual of the whole crop is scrambled once and hidden
-    tile by tile; protection equals one untiled pass, and recovery (both branches, tiled) mirrors
-    an untiled recover()."""
-    from faceveil import pipeline
-    from faceveil.detect.geometry import CropBox
-    from faceveil.models.zoo import LoadedModel
-    from faceveil.obfuscate import apply_veil
-    from tests.unit.test_nn import randomise
-
-    net = build("proface-s-residual")
-    randomise(net, rng, std=0.01)
-    net.eval()
-    lm = LoadedModel(name="test-residual", net=net, sha256="00" * 32)
-    monkeypatch.setattr(pipeline, "TILE", 32)
-    master = derive_master_key("pw", new_salt(), CHEAP)
-    crop = (np.random.default_rng(1).random((80, 80, 3)) * 255).astype(np.uint8)
-    plan = pipeline.FacePlan(index=0, box=(0.0, 0.0, 80.0, 80.0), crop=CropBox(0, 0, 80, 80), veil="pixelate")
-    prot, params = pipeline.protect_face(crop, plan, master, lm)
-    x = pipeline.to_tensor(crop)
-    k = master.secret_map(0, 80, 80, scramble=True)
-    with torch.inference_mode():
-        y, _ = apply_veil(x, "pixelate", params)
-        whole = pipeline.to_uint8(net.protect(x, y, k)[0])
-        rec_whole = pipeline.to_uint8(net.recover(pipeline.to_tensor(prot), k)[0])
-    assert np.abs(prot.astype(int) - whole.astype(int)).max() <= 1
-    rec = pipeline.recover_face(prot, 0, master, lm)
-    assert np.abs(rec.astype(int) - rec_whole.astype(int)).max() <= 1

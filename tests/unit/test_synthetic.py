@@ -9,9 +9,7 @@ parameters) is tested for every registered veil in test_veils.py."""
 from __future__ import annotations
 
 import json
-import math
 import random
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -23,31 +21,7 @@ from faceveil.obfuscate import facegen as G
 from faceveil.obfuscate import swap as S
 from faceveil.obfuscate import synthetic as SY
 
-ROOT = Path(__file__).resolve().parents[2]
-GROUP_JPG = ROOT / "examples" / "group.jpg"
-FACE_CROP = (190, 134, 340, 284)  # the astronaut's face, as in test_veils.py
-LFW = ROOT / ".cache" / "data" / "lfw_dev_128"
-
-
-def psnr(a: torch.Tensor, b: torch.Tensor) -> float:
-    mse = torch.mean((a.double() - b.double()) ** 2).item()
-    return math.inf if mse == 0 else 10 * math.log10(1.0 / mse)
-
-
-def to_tensor(rgb: np.ndarray) -> torch.Tensor:
-    return torch.from_numpy(np.array(rgb)).permute(2, 0, 1)[None].float().div(255.0)
-
-
-@pytest.fixture(scope="module")
-def face() -> tuple[torch.Tensor, np.ndarray]:
-    from PIL import Image
-
-    from faceveil.detect import get_detector
-
-    with Image.open(GROUP_JPG) as im:
-        rgb = np.asarray(im.convert("RGB").crop(FACE_CROP), dtype=np.uint8)
-    f = max(get_detector("yunet", threshold=0.5).detect(rgb), key=lambda f: f.width)
-    return to_tensor(rgb), np.asarray(f.landmarks, np.float64)
+from tests.unit.test_swap import LFW, ROOT, face, psnr, to_tensor  # noqa: F401  (face: a fixture)
 
 
 def placed(name: str, x: torch.Tensor, lm: np.ndarray, **kw) -> dict:
